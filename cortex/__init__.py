@@ -24,4 +24,11 @@ def _version() -> str:
         return "0+unknown"
 
 
-__version__ = _version()
+def __getattr__(name: str) -> str:
+    """`cortex.__version__`, looked up on first use: importlib.metadata scans every installed
+    distribution, which would cost `cortex --help` and `cortex status` a large share of their
+    start-up budget (bench/cli_startup.py)."""
+    if name == "__version__":
+        globals()["__version__"] = version = _version()
+        return version
+    raise AttributeError(f"module 'cortex' has no attribute {name!r}")

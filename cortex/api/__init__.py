@@ -1,0 +1,1 @@
+"""Pure API data and conversion: no torch, no aiohttp."""

@@ -1,0 +1,244 @@
+"""OpenAI wire shapes: requests (re-exported from `openai_request`) and the response builders.
+
+The builders shape answers and stream chunks as OpenAI's OpenAPI document has them: `logprobs`
+present (null unless asked), `refusal` null, `finish_reason` one of stop/length/tool_calls,
+`usage.prompt_tokens_details.cached_tokens`, reasoning as `reasoning_content` (vLLM's name).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from cortex.api.openai_request import (
+    GenerationRequest,
+    parse_chat,
+    parse_completion,
+    resolve_sampling,
+)
+
+__all__ = [
+    "ChoiceResult",
+    "GenerationRequest",
+    "chat_chunk",
+    "chat_response",
+    "completion_chunk",
+    "completion_response",
+    "logprob_entry",
+    "model_card",
+    "new_id",
+    "now",
+    "parse_chat",
+    "parse_completion",
+    "resolve_sampling",
+    "tool_call_delta",
+    "usage",
+    "usage_chunk",
+]
+
+
+def new_id(kind: str) -> str:
+    """A response id: `chatcmpl-...` for chat, `cmpl-...` for legacy completions."""
+    return f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    """`created` timestamp (Unix seconds)."""
+    return int(time.time())
+
+
+@dataclass
+class ChoiceResult:
+    """One finished sequence, accumulated from its deltas."""
+
+    index: int
+    content: str = ""
+    reasoning: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    finish_reason: str | None = None
+    logprobs: list[dict[str, Any]] | None = None
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
+    """The `usage` object, with `prompt_tokens_details.cached_tokens`."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    }
+
+
+def logprob_entry(token: str, logprob: float, top: list[tuple[str, float]]) -> dict[str, Any]:
+    """One chat `logprobs.content[]` entry (with `bytes` and `top_logprobs`)."""
+    return {
+        "token": token,
+        "logprob": logprob,
+        "bytes": list(token.encode("utf-8")),
+        "top_logprobs": [
+            {"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))} for t, lp in top
+        ],
+    }
+
+
+def chat_logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """The chat `choices[].logprobs` object, or None when not asked."""
+    return None if entries is None else {"content": entries, "refusal": None}
+
+
+def completion_logprobs(entries: list[dict[str, Any]] | None, offset: int = 0) -> Any:
+    """The legacy completion `logprobs` object (tokens, token_logprobs, top_logprobs, offsets)."""
+    if entries is None:
+        return None
+    offsets = []
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry["token"])
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+        "text_offset": offsets,
+    }
+
+
+def chat_message(choice: ChoiceResult) -> dict[str, Any]:
+    """The assistant `message` of a chat choice."""
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": choice.content if choice.content or not choice.tool_calls else None,
+        "refusal": None,
+        "reasoning_content": choice.reasoning or None,
+    }
+    if choice.tool_calls:
+        message["tool_calls"] = choice.tool_calls
+    return message
+
+
+def chat_response(
+    rid: str, created: int, model: str, choices: list[ChoiceResult], use: dict[str, Any]
+) -> dict[str, Any]:
+    """A complete `chat.completion` object."""
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": c.index,
+                "message": chat_message(c),
+                "logprobs": chat_logprobs(c.logprobs),
+                "finish_reason": c.finish_reason,
+            }
+            for c in choices
+        ],
+        "usage": use,
+        "system_fingerprint": None,
+    }
+
+
+def completion_response(
+    rid: str, created: int, model: str, choices: list[ChoiceResult], use: dict[str, Any]
+) -> dict[str, Any]:
+    """A complete legacy `text_completion` object."""
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": c.index,
+                "text": c.content,
+                "logprobs": completion_logprobs(c.logprobs),
+                "finish_reason": c.finish_reason,
+            }
+            for c in choices
+        ],
+        "usage": use,
+        "system_fingerprint": None,
+    }
+
+
+def chat_chunk(
+    rid: str,
+    created: int,
+    model: str,
+    index: int,
+    delta: dict[str, Any],
+    finish_reason: str | None = None,
+    logprobs: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """One `chat.completion.chunk` with a single choice delta."""
+    return {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": index,
+                "delta": delta,
+                "logprobs": chat_logprobs(logprobs),
+                "finish_reason": finish_reason,
+            }
+        ],
+    }
+
+
+def completion_chunk(
+    rid: str,
+    created: int,
+    model: str,
+    index: int,
+    text: str,
+    finish_reason: str | None = None,
+    logprobs: list[dict[str, Any]] | None = None,
+    offset: int = 0,
+) -> dict[str, Any]:
+    """One legacy completion stream chunk."""
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": index,
+                "text": text,
+                "logprobs": completion_logprobs(logprobs, offset),
+                "finish_reason": finish_reason,
+            }
+        ],
+    }
+
+
+def usage_chunk(kind: str, rid: str, created: int, model: str, use: dict[str, Any]) -> dict:
+    """The final stream chunk of `stream_options.include_usage`: empty choices, usage set."""
+    return {
+        "id": rid,
+        "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": use,
+    }
+
+
+def tool_call_delta(index: int, call_id: str | None, name: str | None, arguments: str) -> dict:
+    """A streamed `delta.tool_calls[]` item: the first carries id/type/name, later ones args."""
+    item: dict[str, Any] = {"index": index, "function": {"arguments": arguments}}
+    if call_id is not None:
+        item["id"] = call_id
+        item["type"] = "function"
+    if name is not None:
+        item["function"]["name"] = name
+    return item
+
+
+def model_card(model_id: str, created: int, owned_by: str = "cortex", **extra: Any) -> dict:
+    """One entry of `/v1/models`."""
+    return {"id": model_id, "object": "model", "created": created, "owned_by": owned_by, **extra}

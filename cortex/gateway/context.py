@@ -1,0 +1,93 @@
+"""The gateway's shared state, one object per application (`app[GATEWAY]`).
+
+Built by `create_app`; `start()` (from the app's cleanup context) opens the connection pool,
+makes one `NeuronClient` per configured neuron, polls them all once (so the first request
+already knows the fleet) and starts the poller and lifecycle tasks; `close()` stops them.
+Per-request values the middleware reads for metrics live in the request under `ARRIVED`,
+`MODEL` and `NEURON`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import aiohttp
+from aiohttp import web
+
+from cortex.config import CortexConfig, NeuronEntry
+from cortex.errors import ConfigError
+from cortex.gateway.fleet import Fleet, Neuron
+from cortex.gateway.lifecycle import Lifecycle
+from cortex.gateway.metrics import Metrics
+from cortex.gateway.neuron_client import NeuronClient
+from cortex.gateway.openai_upstream import OpenAIUpstreamClient
+from cortex.gateway.pins import Pins
+from cortex.gateway.poller import Poller
+from cortex.gateway.router import Router
+
+ARRIVED = web.RequestKey("cortex.arrived", float)
+MODEL = web.RequestKey("cortex.model", str)
+NEURON = web.RequestKey("cortex.neuron", str)
+
+
+class Gateway:
+    """Config, fleet, router, lifecycle, metrics and the upstream connection pool."""
+
+    def __init__(self, config: CortexConfig) -> None:
+        self.config = config
+        self.models = config.models
+        section = config.gateway
+        self.pins = Pins(config.models)
+        self.fleet = Fleet([])
+        self.metrics = Metrics(self.fleet)
+        self.poller = Poller(self.fleet, float(section.poll_interval))
+        self.router = Router(config, self.fleet, self.poller, self.metrics, self.pins)
+        self.lifecycle = Lifecycle(config, self.fleet, self.router, self.pins)
+        # Streams: a read timeout for stalls, never a total one (a long answer is fine).
+        self.proxy_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=10, sock_read=float(section.stream_read_timeout) or None
+        )
+        self.session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    def _client(self, entry: NeuronEntry, session: aiohttp.ClientSession) -> NeuronClient:
+        cls = OpenAIUpstreamClient if entry.kind == "openai" else NeuronClient
+        timeout = float(self.config.gateway.poll_interval) * 2 + 3
+        return cls(
+            entry.name,
+            entry.endpoint,
+            session,
+            token=entry.token,
+            control_timeout=timeout,
+            load_timeout=float(self.config.gateway.cold_load_timeout) + 60,
+        )
+
+    async def start(self) -> None:
+        """Open the pool, poll every neuron once, start the background tasks."""
+        if not self.config.neurons:
+            raise ConfigError("no neurons configured: add [[neurons]] to cortex.toml or --neuron")
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+        self.session = aiohttp.ClientSession(connector=connector)
+        down_after = self.config.gateway.down_after_failures
+        for entry in self.config.neurons:
+            neuron = Neuron(self._client(entry, self.session), down_after)
+            self.fleet.neurons[neuron.name] = neuron
+        await self.poller.poll_all()
+        self._tasks = [
+            asyncio.ensure_future(self.poller.run()),
+            asyncio.ensure_future(self.lifecycle.run()),
+        ]
+
+    async def close(self) -> None:
+        """Stop the background tasks and close the pool."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.session is not None:
+            await self.session.close()
+
+
+GATEWAY = web.AppKey("cortex.gateway", Gateway)

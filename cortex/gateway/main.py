@@ -1,0 +1,153 @@
+"""`cortex serve`: configuration, the two listeners, single-host mode and shutdown.
+
+Configuration (DESIGN.md section 6): `--config`, `$CORTEX_CONFIG`, `/etc/cortex/cortex.toml`,
+then the user config dir; flags override the file (`--listen`, `--metrics-listen`), and each
+`--neuron URL` adds a neuron named after the URL's host (`host:port` if that name is taken).
+
+Single-host mode (`--local`, and the default when there is no config file and no `--neuron`):
+a `cortex neuron` child on a free loopback port, registered as neuron `local` (see
+local_neuron.py). Logs go to stderr (`$CORTEX_LOG_LEVEL`, default INFO). SIGTERM/SIGINT stop the
+gateway: listeners close, background tasks stop, the local neuron (if any) is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from aiohttp import web
+from yarl import URL
+
+from cortex.config import (
+    CortexConfig,
+    NeuronEntry,
+    config_search_path,
+    find_config,
+    load_cortex_config,
+    parse_listen,
+    split_listen,
+)
+from cortex.errors import ConfigError
+from cortex.gateway.app import create_app
+from cortex.gateway.context import GATEWAY
+from cortex.gateway.local_neuron import LocalNeuron
+
+log = logging.getLogger("cortex.gateway")
+
+
+def neuron_name(url: str, taken: set[str]) -> str:
+    """A neuron's name from its URL: the host, or `host:port` when the host is taken."""
+    parsed = URL(url)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigError(f"--neuron {url!r}: expected an http:// or https:// URL")
+    name = parsed.host
+    if name in taken:
+        name = f"{parsed.host}:{parsed.port}"
+    if name in taken:
+        raise ConfigError(f"--neuron {url!r}: a neuron named {name!r} is already configured")
+    return name
+
+
+def _first_run_message(models_dirs: list[str]) -> str:
+    searched = "\n".join(f"    {p}" for p in config_search_path("cortex.toml", "CORTEX_CONFIG"))
+    dirs = ", ".join(models_dirs) or "none given (use --models-dir DIR)"
+    return (
+        "cortex: no cortex.toml found; looked for one in:\n"
+        f"{searched}\n"
+        "cortex: running single-host: starting a local neuron on loopback.\n"
+        f"cortex: models are found in: {dirs}, and the Hugging Face cache "
+        "(~/.cache/huggingface/hub).\n"
+        "cortex: to add a model, put its Hugging Face directory (config.json, *.safetensors, "
+        "tokenizer files) under a models dir, e.g. `cortex serve --models-dir ./models`;\n"
+        "cortex: to serve a fleet, write cortex.toml with [[neurons]] entries (or pass "
+        "--neuron URL)."
+    )
+
+
+def _setup_logging() -> None:
+    level = os.environ.get("CORTEX_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run_serve(
+    config_path: str | None,
+    listen: str | None,
+    metrics_listen: str | None,
+    neuron_urls: list[str],
+    local: bool | None,
+    models_dirs: list[str],
+) -> int:
+    """Run the gateway until SIGTERM/SIGINT; returns the exit code."""
+    path = find_config(config_path, "cortex.toml", "CORTEX_CONFIG")
+    config = load_cortex_config(path)
+    try:
+        if listen:
+            config.gateway.listen = parse_listen(listen)
+        if metrics_listen:
+            config.gateway.metrics_listen = parse_listen(metrics_listen)
+    except ValueError as exc:
+        raise ConfigError(f"--listen/--metrics-listen: {exc}") from None
+    taken = {n.name for n in config.neurons}
+    for url in neuron_urls:
+        name = neuron_name(url, taken | {"local"})
+        config.neurons.append(NeuronEntry(name=name, endpoint=url.rstrip("/")))
+        taken.add(name)
+    single_host = local if local is not None else (path is None and not neuron_urls)
+    if not config.neurons and not single_host:
+        raise ConfigError(
+            f"{path or 'no cortex.toml'}: no neurons configured: add [[neurons]] or --neuron URL"
+        )
+    if single_host and path is None:
+        print(_first_run_message(models_dirs), file=sys.stderr)
+    _setup_logging()
+    return asyncio.run(_serve(config, single_host, [os.path.abspath(d) for d in models_dirs]))
+
+
+async def _site(runner: web.AppRunner, address: str) -> None:
+    host, port = split_listen(address)
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {address}: {exc.strerror}") from None
+
+
+async def _serve(config: CortexConfig, single_host: bool, models_dirs: list[str]) -> int:
+    child = await LocalNeuron.start(models_dirs) if single_host else None
+    if child is not None:
+        config.neurons.append(NeuronEntry(name="local", endpoint=child.url))
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=5)
+    metrics_runner: web.AppRunner | None = None
+    try:
+        await runner.setup()
+        await _site(runner, config.gateway.listen)
+        metrics_runner = web.AppRunner(app[GATEWAY].metrics.app(), access_log=None)
+        await metrics_runner.setup()
+        await _site(metrics_runner, config.gateway.metrics_listen)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        fleet = app[GATEWAY].fleet
+        log.info(
+            "gateway listening on http://%s (metrics on http://%s/metrics); neurons: %s",
+            config.gateway.listen,
+            config.gateway.metrics_listen,
+            ", ".join(f"{n.name} ({'up' if n.up else 'down'})" for n in fleet),
+        )
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
+        await runner.cleanup()
+        if child is not None:
+            await child.stop()
+    return 0

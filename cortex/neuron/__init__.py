@@ -1,0 +1,1 @@
+"""`cortex neuron`: the node daemon (aiohttp front, one engine thread per device)."""

@@ -1,0 +1,189 @@
+"""Paged attention over a block KV cache (nano-vllm style, plain torch SDPA).
+
+The KV cache is a pool of fixed-size blocks per layer: `k[layer][num_blocks, block_size,
+kv_heads, head_dim]`. A sequence owns a list of blocks (its row of `block_tables`); the token
+at position p lives in slot `block_tables[seq][p // block_size] * block_size + p % block_size`.
+The engine computes `slot_mapping` (the slot of each new token) and the block tables.
+
+A step is either a prefill (any query lengths; sequences packed one after another in the
+flat token batch) or a decode (every query length is 1). Prefill loops over sequences and may
+sync with the host; decode is one batched gather + masked SDPA with static shapes and no host
+sync, so a CUDA graph can capture it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:  # models imports this module: a runtime import would be circular
+    from cortex.neuron.models.config import ModelConfig
+
+
+@dataclass
+class AttentionMetadata:
+    """Where the new tokens of one step go in the cache and what each sequence attends to."""
+
+    slot_mapping: torch.Tensor  # LongTensor[T]: cache slot of each new token
+    block_tables: torch.Tensor  # IntTensor[B, max_blocks], padded (any value; masked out)
+    context_lens: torch.Tensor  # IntTensor[B]: tokens in cache after this step, new ones included
+    query_start_loc: torch.Tensor  # IntTensor[B+1]: offsets of each sequence in the token batch
+    is_decode: bool  # every query length is 1
+    max_context_len: int  # python-side max of context_lens
+    # Optional host copies, so that prefill need not read the device tensors back.
+    query_start_loc_host: list[int] | None = None
+    context_lens_host: list[int] | None = None
+
+    @property
+    def query_lens(self) -> torch.Tensor:
+        """IntTensor[B]: new tokens per sequence."""
+        return self.query_start_loc[1:] - self.query_start_loc[:-1]
+
+
+@dataclass
+class KVCache:
+    """Per-layer K and V block pools; views into one allocation."""
+
+    k: list[torch.Tensor]  # [layers] x [num_blocks, block_size, kv_heads, head_dim]
+    v: list[torch.Tensor]
+    block_size: int
+
+    @property
+    def num_blocks(self) -> int:
+        return self.k[0].shape[0]
+
+    @staticmethod
+    def bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+        """Bytes one block takes across all layers, K and V."""
+        elem = torch.empty((), dtype=dtype).element_size()
+        per_layer = block_size * config.num_key_value_heads * config.head_dim * elem
+        return 2 * config.num_hidden_layers * per_layer
+
+    @classmethod
+    def allocate(
+        cls,
+        config: ModelConfig,
+        num_blocks: int,
+        block_size: int,
+        device: torch.device | str,
+        dtype: torch.dtype,
+    ) -> KVCache:
+        """One zeroed tensor [2, layers, num_blocks, block_size, kv_heads, head_dim]."""
+        pool = torch.zeros(
+            2,
+            config.num_hidden_layers,
+            num_blocks,
+            block_size,
+            config.num_key_value_heads,
+            config.head_dim,
+            device=device,
+            dtype=dtype,
+        )
+        return cls(k=list(pool[0]), v=list(pool[1]), block_size=block_size)
+
+
+def store_kv(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slots: torch.Tensor,
+) -> None:
+    """Write new K/V [T, kv_heads, head_dim] into their cache slots (one scatter each)."""
+    kv_heads, head_dim = k.shape[1], k.shape[2]
+    k_cache.view(-1, kv_heads, head_dim).index_copy_(0, slots, k.to(k_cache.dtype))
+    v_cache.view(-1, kv_heads, head_dim).index_copy_(0, slots, v.to(v_cache.dtype))
+
+
+def prefill_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor | None,
+    v_cache: torch.Tensor | None,
+    attn: AttentionMetadata,
+    window: int | None = None,
+) -> torch.Tensor:
+    """Causal attention of packed new tokens over each sequence's cached prefix plus themselves.
+
+    q [T, H, D], k/v [T, KVH, D] (already stored in the cache) -> out [T, H, D]. With a
+    sliding `window`, a query at position i sees keys i - window < j <= i.
+    """
+    starts = attn.query_start_loc_host or attn.query_start_loc.tolist()
+    ctx_lens = attn.context_lens_host or attn.context_lens.tolist()
+    out = torch.empty_like(q)
+    for i, ctx in enumerate(ctx_lens):
+        s, e = starts[i], starts[i + 1]
+        new = e - s
+        prefix = ctx - new
+        qi = q[s:e].transpose(0, 1)  # [H, L, D]
+        if prefix == 0:
+            ki, vi = k[s:e], v[s:e]  # [L, KVH, D]
+        else:
+            assert k_cache is not None and v_cache is not None, "a cached prefix needs a KV cache"
+            ki, vi = _gather(k_cache, v_cache, attn.block_tables[i : i + 1], ctx)
+            ki, vi = ki[0], vi[0]  # [ctx, KVH, D]
+        mask = None
+        if prefix or (window is not None and window < ctx):
+            # Query j sits at absolute position prefix + j and sees keys up to prefix + j.
+            full = torch.ones(new, ctx, dtype=torch.bool, device=q.device)
+            mask = full.tril(prefix)
+            if window is not None and window < ctx:
+                mask &= ~full.tril(prefix - window)
+        oi = F.scaled_dot_product_attention(
+            qi,
+            ki.transpose(0, 1),  # [KVH, S, D]
+            vi.transpose(0, 1),
+            attn_mask=mask,
+            is_causal=mask is None,
+            enable_gqa=True,
+        )  # [H, L, D]
+        out[s:e] = oi.transpose(0, 1)
+    return out
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    attn: AttentionMetadata,
+    window: int | None = None,
+) -> torch.Tensor:
+    """One new token per sequence against its whole cached context; static shapes, no sync.
+
+    q [B, H, D] -> out [B, H, D]. Keys past each sequence's context length (and, with a
+    sliding `window`, those `window` or more positions back) are masked.
+    """
+    span = attn.block_tables.shape[1] * k_cache.shape[1]
+    ks, vs = _gather(k_cache, v_cache, attn.block_tables, span)  # [B, S, KVH, D]
+    positions = torch.arange(span, device=q.device)[None, :]  # [1, S]
+    lens = attn.context_lens[:, None]  # [B, 1]
+    mask = positions < lens  # [B, S]
+    if window is not None:
+        mask &= positions >= lens - window
+    out = F.scaled_dot_product_attention(
+        q.unsqueeze(2),  # [B, H, 1, D]
+        ks.transpose(1, 2),  # [B, KVH, S, D]
+        vs.transpose(1, 2),
+        attn_mask=mask[:, None, None, :],  # [B, 1, 1, S]
+        enable_gqa=True,
+    )  # [B, H, 1, D]
+    return out.squeeze(2)
+
+
+def _gather(
+    k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor, length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """K/V of the first `length` positions of each row's blocks: [B, length, KVH, D] each."""
+    blocks = -(-length // k_cache.shape[1])
+    # Padding entries may be -1; clamp them to a real block (their positions are masked).
+    table = block_tables[:, :blocks].clamp(min=0).long().flatten()  # [B * blocks]
+    batch = block_tables.shape[0]
+    shape = (batch, -1, k_cache.shape[2], k_cache.shape[3])
+    # index_select, not k_cache[table]: advanced indexing is ~100x slower on CPU.
+    ks = k_cache.index_select(0, table).view(shape)[:, :length]
+    vs = v_cache.index_select(0, table).view(shape)[:, :length]
+    return ks, vs

@@ -1,0 +1,204 @@
+"""Runs one scheduled batch on the device: inputs, forward, logits, sampling.
+
+The runner owns the model's paged KV cache. A step builds its flat token batch and
+`AttentionMetadata` with a few vectorised tensor ops on the host, copies them over, runs the
+model, and samples on the device; the only host sync is reading the sampled ids back. Decode
+steps keep static shapes per batch size, so `cuda_graph.DecodeGraphs` can replay them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from cortex.errors import InsufficientMemory
+from cortex.neuron.attention import AttentionMetadata, KVCache
+from cortex.neuron.engine.config import EngineConfig
+from cortex.neuron.engine.scheduler import ScheduledBatch
+from cortex.neuron.sampling import Sampler, SamplingBatch, make_generator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SampledTokens:
+    """Host-side results of one step, one entry per sequence in `batch.sampling`."""
+
+    token_ids: list[int]
+    logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+
+
+def plan_kv_cache(
+    model: torch.nn.Module, config: EngineConfig, max_context: int
+) -> tuple[int, int]:
+    """(number of KV blocks, usable max context) for `model` on its device.
+
+    The budget is `kv_cache_memory` of the device memory free after the weights (CUDA) or
+    `cpu_kv_cache_bytes` (CPU); never more than `max_batch` sequences of `max_context` need.
+    When even one full-context sequence does not fit, the context shrinks to what does.
+    """
+    bs = config.block_size
+    per_block = KVCache.bytes_per_block(model.config, bs, model.dtype)
+    if model.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(model.device)
+        budget = int(free * config.kv_cache_memory)
+    else:
+        budget = config.cpu_kv_cache_bytes
+    blocks_per_seq = -(-max_context // bs)
+    # One block stays spare: the scratch block that padded rows of a decode batch write to.
+    num_blocks = min(budget // per_block - 1, blocks_per_seq * config.max_batch)
+    if num_blocks < 1:
+        raise InsufficientMemory(
+            f"no room for a KV cache: one block needs {per_block} bytes, budget is {budget}",
+            required_bytes=2 * per_block,
+            free_bytes=budget,
+        )
+    if num_blocks < blocks_per_seq:
+        log.warning(
+            "KV cache holds %d tokens: max_context cut from %d", num_blocks * bs, max_context
+        )
+        max_context = num_blocks * bs
+    return num_blocks, max_context
+
+
+class ModelRunner:
+    """Owns the model's KV cache and sampler; `run(batch)` executes one engine step."""
+
+    def __init__(self, model: torch.nn.Module, config: EngineConfig, max_context: int) -> None:
+        self.model = model
+        self.device: torch.device = model.device
+        self.block_size = config.block_size
+        self.num_blocks, self.max_context = plan_kv_cache(model, config, max_context)
+        self.scratch_block = self.num_blocks
+        self.max_blocks_per_seq = -(-self.max_context // self.block_size)
+        self.kv_cache = KVCache.allocate(
+            model.config, self.num_blocks + 1, self.block_size, self.device, model.dtype
+        )
+        model.bind_kv_cache(self.kv_cache)
+        self.sampler = Sampler()
+        self._generators: dict[int, torch.Generator] = {}
+        self.graphs = None
+        if config.cuda_graphs and self.device.type == "cuda":
+            self.graphs = self._capture_graphs(config.max_batch)
+
+    def _capture_graphs(self, max_batch: int):
+        """Decode CUDA graphs, or None (eager decode) when capture fails."""
+        from cortex.neuron.engine.cuda_graph import DecodeGraphs
+
+        try:
+            return DecodeGraphs(self, max_batch)
+        except Exception:
+            log.exception("CUDA graph capture failed; decoding eagerly")
+            torch.cuda.synchronize(self.device)
+            return None
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.kv_cache.k + self.kv_cache.v)
+
+    def release(self, seq_id: int) -> None:
+        """Forget a finished or aborted sequence's sampling state."""
+        self._generators.pop(seq_id, None)
+
+    def close(self) -> None:
+        """Drop the KV cache and captured graphs (the caller frees the model)."""
+        self.model.bind_kv_cache(None)
+        self.graphs = None
+        self.kv_cache = None
+        self._generators.clear()
+
+    @torch.inference_mode()
+    def run(self, batch: ScheduledBatch) -> SampledTokens:
+        """Forward the batch and sample one token for each sequence in `batch.sampling`."""
+        input_ids, positions, attn, last_rows = self.prepare(batch)
+        if self.graphs is not None and batch.is_decode:
+            hidden = self.graphs.forward(input_ids, positions, attn)
+        else:
+            hidden = self.model(input_ids, positions, attn)
+        if not batch.sampling:
+            return SampledTokens([])
+        rows = hidden if batch.is_decode else hidden[last_rows]
+        logits = self.model.compute_logits(rows)
+        seqs = batch.sampling
+        sampling = SamplingBatch.build(
+            [s.params for s in seqs],
+            [s.token_ids for s in seqs],
+            [self._generator(s.seq_id, s.params.seed) for s in seqs],
+            self.device,
+            prompt_lens=[s.num_prompt_tokens for s in seqs],
+        )
+        result = self.sampler.sample(logits, sampling)
+        return self._to_host(result, [s.params for s in seqs])
+
+    def prepare(
+        self, batch: ScheduledBatch
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
+        """Device inputs for a batch: ids [T], positions [T], metadata, last-token rows [N].
+
+        Block tables are padded with the scratch block to the widest table in the batch.
+        """
+        seqs = batch.seqs
+        bs = self.block_size
+        starts = [s.num_computed for s in seqs]
+        lens = [s.num_scheduled for s in seqs]
+        ctx = [a + n for a, n in zip(starts, lens, strict=True)]
+        qsl = [0, *itertools.accumulate(lens)]
+        ids = list(itertools.chain.from_iterable(
+            s.token_ids[a : a + n] for s, a, n in zip(seqs, starts, lens, strict=True)
+        ))  # fmt: skip
+        width = max(len(s.block_table) for s in seqs)
+        pad = self.scratch_block
+        tables = torch.tensor([s.block_table + [pad] * (width - len(s.block_table)) for s in seqs])
+        row = torch.arange(len(seqs))  # the sequence of each token
+        if not batch.is_decode:
+            row = row.repeat_interleave(torch.tensor(lens))
+        positions = torch.arange(qsl[-1]) + (torch.tensor(starts) - torch.tensor(qsl[:-1]))[row]
+        slots = tables[row, positions // bs] * bs + positions % bs
+        last_rows = torch.tensor(
+            [qsl[i + 1] - 1 for i, s in enumerate(seqs) if s.samples_this_step]
+        )
+        attn = AttentionMetadata(
+            slot_mapping=self._put(slots),
+            block_tables=self._put(tables.int()),
+            context_lens=self._put(torch.tensor(ctx, dtype=torch.int32)),
+            query_start_loc=self._put(torch.tensor(qsl, dtype=torch.int32)),
+            is_decode=batch.is_decode,
+            max_context_len=max(ctx),
+            query_start_loc_host=qsl,
+            context_lens_host=ctx,
+        )
+        input_ids = self._put(torch.tensor(ids, dtype=torch.long))
+        return input_ids, self._put(positions), attn, self._put(last_rows)
+
+    def _put(self, t: torch.Tensor) -> torch.Tensor:
+        # Small host tensors: an asynchronous copy from pageable memory needs no device sync.
+        return t.to(self.device, non_blocking=True)
+
+    def _generator(self, seq_id: int, seed: int | None) -> torch.Generator | None:
+        if seed is None:
+            return None
+        gen = self._generators.get(seq_id)
+        if gen is None:
+            gen = make_generator(seed, self.device)
+            self._generators[seq_id] = gen
+        return gen
+
+    @staticmethod
+    def _to_host(result, params: list) -> SampledTokens:
+        """Read sampled ids (and logprobs when any request asked) back: one sync each."""
+        token_ids = result.token_ids.tolist()
+        if result.logprobs is None:
+            return SampledTokens(token_ids)
+        logprobs = result.logprobs.tolist()
+        top: list[list[tuple[int, float]]] = [[] for _ in params]
+        if result.top_ids is not None:
+            ids, lps = result.top_ids.tolist(), result.top_logprobs.tolist()
+            top = [
+                list(zip(i[: p.top_logprobs], lp[: p.top_logprobs], strict=True))
+                for i, lp, p in zip(ids, lps, params, strict=True)
+            ]
+        return SampledTokens(token_ids, logprobs, top)

@@ -1,0 +1,355 @@
+"""DeviceWorker: the one OS thread that owns every tensor on one device.
+
+The event loop never touches a tensor. It posts commands (load, unload, submit, cancel) to
+the worker's queue; the worker thread runs them between engine steps, steps every loaded
+model that has work, and hands results back with `loop.call_soon_threadsafe`, one call per
+step. An exception inside one model's step fails that model's requests and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cortex.errors import (
+    ContextLengthExceeded,
+    CortexError,
+    EngineFailure,
+    InvalidRequest,
+    ModelNotFound,
+    ShuttingDown,
+    Unavailable,
+)
+from cortex.neuron.engine.config import EngineConfig
+from cortex.neuron.engine.engine import LLMEngine
+from cortex.neuron.engine.outputs import EngineStats, LoadedInfo, StepOutput
+from cortex.neuron.engine.request import RequestHandle
+from cortex.neuron.models import load_model
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[Path, torch.device, str | None], torch.nn.Module]
+
+
+@dataclass
+class _Loaded:
+    """A model on this worker (worker thread only): its engine and live request handles."""
+
+    engine: LLMEngine
+    info: LoadedInfo
+    handles: dict[int, RequestHandle] = field(default_factory=dict)
+
+
+def thread_name(device: torch.device) -> str:
+    """`cpu-0` or `cuda-dev-N`."""
+    if device.type == "cuda":
+        return f"cuda-dev-{device.index or 0}"
+    return f"{device.type}-{device.index or 0}"
+
+
+class DeviceWorker:
+    """Serves the models loaded on one device from one thread."""
+
+    def __init__(self, device: str, config: EngineConfig, *, loader: Loader = load_model) -> None:
+        dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", 0)
+        self.device = dev
+        self.config = config
+        self.name = thread_name(dev)
+        self._loader = loader
+        self._inbox: queue.SimpleQueue[tuple[Callable[..., Any], tuple, asyncio.Future | None]]
+        self._inbox = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
+        # Event-loop side: what is loaded (for fast validation) and the latest stats.
+        self._infos: dict[str, LoadedInfo] = {}
+        self._stats: dict[str, EngineStats] = {}
+        # Worker-thread side.
+        self._models: dict[str, _Loaded] = {}
+        self._stop = False
+
+    # Event-loop API
+
+    def start(self) -> None:
+        """Start the device thread."""
+        self._thread.start()
+
+    async def shutdown(self) -> None:
+        """Fail every request with ShuttingDown, unload every model, stop the thread."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._thread.is_alive():
+            await self._call(self._shutdown_all)
+            await asyncio.to_thread(self._thread.join)
+        self._infos.clear()
+        self._stats.clear()
+
+    async def load(
+        self,
+        model_id: str,
+        path: str | Path,
+        dtype: str | None = None,
+        max_context: int | None = None,
+    ) -> LoadedInfo:
+        """Load a model onto this device (a no-op answer if it is already loaded)."""
+        self._check_open()
+        if model_id in self._infos:
+            return self._infos[model_id]
+        info = await self._call(self._load, model_id, Path(path), dtype, max_context)
+        self._infos[model_id] = info
+        self._stats.setdefault(model_id, EngineStats(kv_blocks_total=info.kv_blocks))
+        return info
+
+    async def unload(self, model_id: str) -> None:
+        """Cancel the model's requests (they raise Unavailable) and free its memory."""
+        if self._infos.pop(model_id, None) is None:
+            raise ModelNotFound(f"model {model_id!r} is not loaded on {self.device}")
+        self._stats.pop(model_id, None)
+        await self._call(self._unload, model_id)
+
+    def submit(self, model_id: str, prompt_ids: list[int], params: Any) -> RequestHandle:
+        """Start generating; iterate the handle for outputs. Validates before queueing."""
+        self._check_open()
+        info = self._infos.get(model_id)
+        if info is None:
+            raise ModelNotFound(f"model {model_id!r} is not loaded on {self.device}")
+        if not prompt_ids:
+            raise InvalidRequest("the prompt has no tokens", param="prompt")
+        if len(prompt_ids) >= info.max_context:
+            raise ContextLengthExceeded(len(prompt_ids), info.max_context)
+        handle = RequestHandle(self, model_id, len(prompt_ids))
+        self._post(self._add_request, handle, list(prompt_ids), params)
+        return handle
+
+    def cancel_request(self, handle: RequestHandle) -> None:
+        """Drop a request at the next step (RequestHandle.cancel calls this)."""
+        if not self._stop:
+            self._post(self._cancel, handle)
+
+    def stats(self, model_id: str) -> EngineStats:
+        """The model's latest engine stats (updated after every step)."""
+        if model_id not in self._infos:
+            raise ModelNotFound(f"model {model_id!r} is not loaded on {self.device}")
+        return self._stats.get(model_id, EngineStats())
+
+    def memory(self) -> tuple[int, int]:
+        """(total_bytes, free_bytes) of the device (host RAM for the CPU)."""
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            return total, free
+        return _host_memory()
+
+    def loaded(self) -> dict[str, LoadedInfo]:
+        """The models loaded on this worker."""
+        return dict(self._infos)
+
+    # Plumbing between the threads
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise ShuttingDown("the neuron is shutting down")
+
+    def _post(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        self._inbox.put((fn, args, None))
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        self._loop = asyncio.get_running_loop()
+        future = self._loop.create_future()
+        self._inbox.put((fn, args, future))
+        return await future
+
+    def _reply(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run `fn(*args)` on the event loop (from the worker thread)."""
+        if self._loop is None:
+            return
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
+            log.debug("%s: event loop closed, dropping %s", self.name, fn.__name__)
+
+    @staticmethod
+    def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    @staticmethod
+    def _deliver(items: list[tuple[RequestHandle, StepOutput | BaseException]]) -> None:
+        for handle, item in items:
+            handle.deliver(item)
+
+    def _deliver_step(
+        self,
+        model_id: str,
+        stats: EngineStats,
+        items: list[tuple[RequestHandle, StepOutput | BaseException]],
+    ) -> None:
+        if model_id in self._infos:
+            self._stats[model_id] = stats
+        self._deliver(items)
+
+    # The device thread
+
+    def _run(self) -> None:
+        while not self._stop:
+            busy = any(m.engine.has_work for m in self._models.values())
+            try:
+                command = self._inbox.get(block=not busy)
+            except queue.Empty:
+                command = None
+            while command is not None:
+                self._execute(*command)
+                try:
+                    command = self._inbox.get_nowait()
+                except queue.Empty:
+                    command = None
+            for model_id, loaded in list(self._models.items()):
+                if loaded.engine.has_work and not self._stop:
+                    self._step(model_id, loaded)
+
+    def _execute(self, fn: Callable[..., Any], args: tuple, future: asyncio.Future | None) -> None:
+        try:
+            result, error = fn(*args), None
+        except CortexError as exc:
+            result, error = None, exc
+        except Exception as exc:
+            log.exception("%s: %s failed", self.name, fn.__name__)
+            result, error = None, EngineFailure(f"{fn.__name__.strip('_')} failed: {exc}")
+        if future is not None:
+            self._reply(self._settle, future, result, error)
+
+    def _step(self, model_id: str, loaded: _Loaded) -> None:
+        try:
+            outputs = loaded.engine.step()
+        except Exception as exc:
+            log.exception("%s: a step of model %s failed", self.name, model_id)
+            error = EngineFailure(f"model {model_id} failed during generation: {exc}")
+            self._fail(loaded, error)
+            self._publish(model_id, loaded)
+            return
+        items: list[tuple[RequestHandle, StepOutput | BaseException]] = []
+        for seq, out in outputs:
+            handle = loaded.handles.get(seq.seq_id)
+            if handle is not None:
+                items.append((handle, out))
+                if out.finish_reason is not None:
+                    del loaded.handles[seq.seq_id]
+        self._reply(self._deliver_step, model_id, loaded.engine.stats(), items)
+
+    def _fail(self, loaded: _Loaded, error: BaseException) -> None:
+        """Abort all of a model's requests and raise `error` from each of their iterators."""
+        loaded.engine.abort_all()
+        items = [(handle, error) for handle in loaded.handles.values()]
+        loaded.handles.clear()
+        if items:
+            self._reply(self._deliver, items)
+
+    def _publish(self, model_id: str, loaded: _Loaded) -> None:
+        self._reply(self._deliver_step, model_id, loaded.engine.stats(), [])
+
+    # Commands (run on the device thread)
+
+    def _load(
+        self, model_id: str, path: Path, dtype: str | None, max_context: int | None
+    ) -> LoadedInfo:
+        if model_id in self._models:
+            return self._models[model_id].info
+        start = time.perf_counter()
+        model = self._loader(path, self.device, dtype)
+        try:
+            engine = LLMEngine(model, self.config, max_context)
+        except BaseException:
+            del model
+            self._release_memory()
+            raise
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        info = LoadedInfo(
+            bytes=weights + engine.runner.kv_cache_bytes,
+            max_context=engine.max_context,
+            dtype=str(model.dtype).removeprefix("torch."),
+            load_seconds=time.perf_counter() - start,
+            kv_blocks=engine.blocks.num_blocks,
+        )
+        loaded = _Loaded(engine, info)
+        self._models[model_id] = loaded
+        self._publish(model_id, loaded)
+        return info
+
+    def _unload(self, model_id: str) -> None:
+        loaded = self._models.pop(model_id, None)
+        if loaded is None:
+            return
+        self._fail(loaded, Unavailable(f"model {model_id} was unloaded", retry_after=1.0))
+        loaded.engine.close()
+        del loaded
+        self._release_memory()
+
+    def _shutdown_all(self) -> None:
+        for model_id in list(self._models):
+            loaded = self._models.pop(model_id)
+            self._fail(loaded, ShuttingDown("the neuron is shutting down"))
+            loaded.engine.close()
+        self._release_memory()
+        self._stop = True
+
+    def _add_request(self, handle: RequestHandle, prompt_ids: list[int], params: Any) -> None:
+        if handle.done:
+            return  # cancelled before it reached the device
+        loaded = self._models.get(handle.model_id)
+        try:
+            if loaded is None:
+                raise ModelNotFound(f"model {handle.model_id!r} is not loaded")
+            seq = loaded.engine.add_request(prompt_ids, params)
+        except Exception as exc:
+            if not isinstance(exc, CortexError):
+                log.exception("%s: adding a request failed", self.name)
+                exc = EngineFailure(f"the request could not be queued: {exc}")
+            self._reply(self._deliver, [(handle, exc)])
+            return
+        handle._seq = seq
+        loaded.handles[seq.seq_id] = handle
+        self._publish(handle.model_id, loaded)
+
+    def _cancel(self, handle: RequestHandle) -> None:
+        loaded = self._models.get(handle.model_id)
+        seq = handle._seq
+        if loaded is None or seq is None or loaded.handles.pop(seq.seq_id, None) is None:
+            return
+        loaded.engine.abort(seq)
+        self._publish(handle.model_id, loaded)
+
+    def _release_memory(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _host_memory() -> tuple[int, int]:
+    """(MemTotal, MemAvailable) from /proc/meminfo."""
+    fields: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                fields[key] = int(rest.split()[0]) * 1024
+    except OSError:
+        return 0, 0
+    return fields.get("MemTotal", 0), fields.get("MemAvailable", 0)

@@ -1,0 +1,264 @@
+"""One OpenAI request on the engine: its sequences, their text pipelines, and one event stream.
+
+`n` > 1 runs as n engine requests over the same prompt (the prefix cache shares its blocks); a
+seeded request gives sequence i the seed `seed + i`, so the n answers differ but each is
+reproducible. Each sequence's tokens go through a `TextStream` (detokenize, stop strings,
+reasoning split, tool calls) and, in JSON mode, a `JsonGuard`. `Generation.events()` merges
+the sequences into one stream of `Piece`s and yields None after each half second of silence
+(the caller sends an SSE comment or checks that the client is still there).
+
+A stop string or a finished JSON object cancels that sequence in the engine at once (its KV
+blocks are freed at the next step); so does `cancel()` for a client that went away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from cortex.api.openai import (
+    ChoiceResult,
+    GenerationRequest,
+    logprob_entry,
+    resolve_sampling,
+    tool_call_delta,
+)
+from cortex.errors import CortexError
+from cortex.neuron.json_mode import JsonGuard
+from cortex.neuron.lifecycle import LoadedModel
+from cortex.neuron.metrics import NeuronMetrics
+from cortex.neuron.prompts import JSON_PREFIX
+from cortex.neuron.textstream import TextStream
+
+HEARTBEAT_SECONDS = 0.5  # well under the one-second promise, whatever the jitter
+_SEQ_END = object()
+
+
+@dataclass
+class Piece:
+    """What one engine step (or the end) added to one sequence."""
+
+    index: int
+    content: str = ""
+    reasoning: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # OpenAI delta items
+    logprobs: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to send (no text, no tool call, no logprobs)."""
+        return not (self.content or self.reasoning or self.tool_calls or self.logprobs)
+
+
+@dataclass
+class _Sequence:
+    index: int
+    stream: TextStream
+    guard: JsonGuard | None
+    result: ChoiceResult
+    handle: Any = None
+    tokens: int = 0
+    saw_tool_call: bool = False
+
+
+class Generation:
+    """The sequences of one request and their merged outputs."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        req: GenerationRequest,
+        prompt_ids: list[int],
+        metrics: NeuronMetrics,
+    ) -> None:
+        self.model = model
+        self.req = req
+        self.prompt_ids = prompt_ids
+        self.metrics = metrics
+        self.fields = resolve_sampling(req, model.defaults, len(prompt_ids), model.max_context)
+        self.started = time.perf_counter()
+        self.first_token_at: float | None = None
+        self.cached_tokens = 0
+        self.sequences = [self._sequence(i) for i in range(req.n)]
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._token_text: dict[int, str] = {}
+
+    def _sequence(self, index: int) -> _Sequence:
+        tokenizer = self.model.tokenizer
+        stream = TextStream(
+            tokenizer,
+            self.prompt_ids,
+            stop=self.fields["stop"],
+            reasoning=None if self.req.kind == "chat" else False,
+            tools=self.req.parse_tools,
+        )
+        guard = JsonGuard() if self.req.json_mode else None
+        result = ChoiceResult(index=index, logprobs=[] if self.req.logprobs else None)
+        if guard is not None:
+            result.content = JSON_PREFIX
+        return _Sequence(index, stream, guard, result)
+
+    @property
+    def completion_tokens(self) -> int:
+        """Tokens generated so far, over every sequence."""
+        return sum(s.tokens for s in self.sequences)
+
+    @property
+    def ttft(self) -> float | None:
+        """Seconds from the request to its first generated token."""
+        return None if self.first_token_at is None else self.first_token_at - self.started
+
+    def start(self) -> None:
+        """Submit every sequence to the engine (raises the engine's validation errors)."""
+        from cortex.neuron.sampling import SamplingParams
+
+        self.metrics.prompt_tokens.labels(self.model.id).inc(len(self.prompt_ids))
+        stop_ids = list(self.model.tokenizer.eos_token_ids)
+        for seq in self.sequences:
+            if self.fields["max_tokens"] == 0:  # the prompt fills the context exactly
+                self._queue.put_nowait(self._finish(seq, "length", []))
+                self._queue.put_nowait(_SEQ_END)
+                continue
+            seed = self.fields["seed"]
+            params = SamplingParams(
+                **{**self.fields, "seed": None if seed is None else seed + seq.index},
+                stop_token_ids=stop_ids,
+            )
+            seq.handle = self.model.worker.submit(self.model.id, self.prompt_ids, params)
+            self.model.handles.add(seq.handle)
+            self._tasks.append(asyncio.create_task(self._pump(seq)))
+
+    def cancel(self) -> None:
+        """Stop every sequence (client gone, or the request failed)."""
+        for seq in self.sequences:
+            if seq.handle is not None:
+                seq.handle.cancel()
+                self.model.handles.discard(seq.handle)
+        for task in self._tasks:
+            task.cancel()
+
+    async def events(self) -> AsyncIterator[Piece | None]:
+        """Pieces of every sequence as they come; None after each heartbeat of silence."""
+        remaining = len(self.sequences)
+        while remaining:
+            try:
+                item = await asyncio.wait_for(self._queue.get(), HEARTBEAT_SECONDS)
+            except TimeoutError:
+                yield None
+                continue
+            if item is _SEQ_END:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+
+    async def _pump(self, seq: _Sequence) -> None:
+        try:
+            finished = False
+            async for out in seq.handle:
+                if self.first_token_at is None and out.token_ids:
+                    self.first_token_at = time.perf_counter()
+                    self.metrics.ttft.labels(self.model.id).observe(self.ttft or 0.0)
+                if seq.index == 0 and out.prompt_tokens:
+                    self.cached_tokens = out.cached_tokens
+                seq.tokens += len(out.token_ids)
+                self.metrics.generation_tokens.labels(self.model.id).inc(len(out.token_ids))
+                piece = self._on_tokens(seq, out)
+                if out.finish_reason is None and not self._should_stop(seq):
+                    self._queue.put_nowait(piece)
+                    continue
+                seq.handle.cancel()  # a no-op when the engine finished it
+                reason = out.finish_reason or "stop"
+                self._queue.put_nowait(self._finish(seq, reason, [piece]))
+                finished = True
+                break
+            if not finished:  # cancelled from outside
+                self._queue.put_nowait(self._finish(seq, "stop", []))
+        except CortexError as exc:
+            self._queue.put_nowait(exc)
+        finally:
+            self.model.handles.discard(seq.handle)
+            self._queue.put_nowait(_SEQ_END)
+
+    def _should_stop(self, seq: _Sequence) -> bool:
+        return seq.stream.stopped or (seq.guard is not None and seq.guard.finished)
+
+    def _on_tokens(self, seq: _Sequence, out: Any) -> Piece:
+        piece = Piece(seq.index)
+        if self.req.logprobs:
+            piece.logprobs = self._logprobs(out)
+            if seq.result.logprobs is not None:
+                seq.result.logprobs.extend(piece.logprobs)
+        self._apply(seq, piece, seq.stream.push(out.token_ids))
+        return piece
+
+    def _finish(self, seq: _Sequence, reason: str, pieces: list[Piece]) -> Piece:
+        """Merge the last pieces with the stream's tail into the final piece of `seq`."""
+        final = Piece(seq.index)
+        for piece in pieces:
+            final.content += piece.content
+            final.reasoning += piece.reasoning
+            final.tool_calls += piece.tool_calls
+            if piece.logprobs is not None:
+                final.logprobs = (final.logprobs or []) + piece.logprobs
+        self._apply(seq, final, seq.stream.finish(reason))
+        if seq.guard is not None:
+            tail = seq.guard.closing()
+            final.content += tail
+            seq.result.content += tail
+        if seq.saw_tool_call and reason == "stop":
+            reason = "tool_calls"
+        final.finish_reason = seq.result.finish_reason = reason
+        return final
+
+    def _apply(self, seq: _Sequence, piece: Piece, deltas: list[Any]) -> None:
+        """Route TextStream deltas into `piece` and the sequence's accumulated result."""
+        result = seq.result
+        for delta in deltas:
+            if delta.kind == "reasoning":
+                piece.reasoning += delta.text
+                result.reasoning += delta.text
+            elif delta.kind == "tool_call":
+                seq.saw_tool_call = True
+                piece.tool_calls.append(
+                    tool_call_delta(delta.index, delta.id, delta.name, delta.arguments or "")
+                )
+                _merge_tool_call(result.tool_calls, delta)
+            else:
+                text = delta.text
+                if seq.guard is not None:
+                    text = seq.guard.feed(text)
+                piece.content += text
+                result.content += text
+
+    def _logprobs(self, out: Any) -> list[dict[str, Any]]:
+        entries = []
+        tops = out.top_logprobs or [[] for _ in out.token_ids]
+        for tid, lp, top in zip(out.token_ids, out.logprobs or [], tops, strict=False):
+            alternatives = [(self._text(t), float(v)) for t, v in top[: self.req.top_logprobs]]
+            entries.append(logprob_entry(self._text(tid), float(lp), alternatives))
+        return entries
+
+    def _text(self, token_id: int) -> str:
+        text = self._token_text.get(token_id)
+        if text is None:
+            text = self.model.tokenizer.decode([token_id], skip_special_tokens=False)
+            self._token_text[token_id] = text
+        return text
+
+
+def _merge_tool_call(calls: list[dict[str, Any]], delta: Any) -> None:
+    while len(calls) <= delta.index:
+        calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+    call = calls[delta.index]
+    if delta.id is not None:
+        call["id"] = delta.id
+    if delta.name is not None:
+        call["function"]["name"] = delta.name
+    call["function"]["arguments"] += delta.arguments or ""

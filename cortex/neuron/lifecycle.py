@@ -1,0 +1,252 @@
+"""Model lifecycle on one neuron: load (single-flight, preflight, placement) and unload.
+
+- Loads of one model share one task: every caller awaits the same result, and a caller that goes
+  away does not cancel the load for the others.
+- Loads on one device run one at a time, so two loads cannot both pass the memory preflight and
+  then overcommit the device together.
+- Preflight, before anything is allocated: weights (from safetensors headers, in the dtype they
+  will run in) plus the KV reserve must fit the device's free memory, else 507
+  `insufficient_memory` with `required_bytes` and `free_bytes`. The KV reserve is what the
+  engine will allocate on CPU (`cpu_kv_cache_bytes`, at most `max_batch` full-context
+  sequences) and one full-context sequence on CUDA (the engine then takes a share of what is
+  left, see `kv_cache_memory`).
+- Placement: the `device` asked for, else the device with the most free memory.
+- Unload removes the model from routing first, cancels its in-flight requests (their streams end
+  with an error event, non-streaming requests get 503 with Retry-After), then frees memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cortex.errors import (
+    InsufficientMemory,
+    InvalidRequest,
+    ModelNotFound,
+)
+from cortex.neuron import devices
+from cortex.neuron.metrics import NeuronMetrics
+from cortex.neuron.registry import ModelLocation, ModelRegistry, check_id
+
+log = logging.getLogger("cortex.neuron")
+
+
+@dataclass
+class LoadedModel:
+    """A model resident on one device, with what requests need to use it."""
+
+    id: str
+    location: ModelLocation
+    device: str
+    worker: Any  # cortex.neuron.engine.DeviceWorker
+    tokenizer: Any  # cortex.neuron.tokenizer.Tokenizer
+    defaults: dict[str, Any]
+    info: Any  # cortex.neuron.engine.LoadedInfo
+    arch: str | None
+    created: int = field(default_factory=lambda: int(time.time()))
+    handles: set[Any] = field(default_factory=set)
+    unloaded: bool = False
+
+    @property
+    def max_context(self) -> int:
+        """Usable context (the engine may cut it to what its KV cache holds)."""
+        return int(self.info.max_context)
+
+    def stats(self) -> Any:
+        """The engine's stats snapshot for this model."""
+        return self.worker.stats(self.id)
+
+
+def _kv_bytes_per_token(config: Any, itemsize: int) -> int:
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * itemsize
+
+
+class ModelManager:
+    """Loaded models of this neuron and the load/unload operations on them."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        workers: dict[str, Any],
+        engine_config: Any,
+        metrics: NeuronMetrics,
+    ) -> None:
+        self.registry = registry
+        self.workers = workers
+        self.engine_config = engine_config
+        self.metrics = metrics
+        self.models: dict[str, LoadedModel] = {}
+        self.loading: dict[str, str] = {}  # model id -> device being loaded onto
+        self._tasks: dict[str, asyncio.Task[LoadedModel]] = {}
+        self._device_locks = {d: asyncio.Lock() for d in workers}
+
+    def get(self, model_id: str) -> LoadedModel:
+        """A loaded model; 400 for an id that could escape the roots, else 404 when absent."""
+        check_id(model_id)
+        model = self.models.get(model_id)
+        if model is None:
+            raise ModelNotFound(
+                f"model {model_id!r} is not loaded on this neuron (POST /models/load loads it)",
+                param="model",
+            )
+        return model
+
+    def stats(self) -> dict[str, Any]:
+        """Engine stats per loaded model (for metrics)."""
+        return {m.id: m.stats() for m in list(self.models.values())}
+
+    async def load(
+        self,
+        model_id: str,
+        device: str | None = None,
+        dtype: str | None = None,
+        max_context: int | None = None,
+    ) -> tuple[LoadedModel, bool]:
+        """Load `model_id` (or join the load in progress); returns (model, was_already_loaded)."""
+        if model_id in self.models:
+            return self.models[model_id], True
+        if device is not None:
+            device = devices.normalize(device)
+            if device not in self.workers:
+                raise InvalidRequest(
+                    f"device {device} is not served here (devices: {', '.join(self.workers)})",
+                    param="device",
+                )
+        task = self._tasks.get(model_id)
+        if task is None:
+            task = asyncio.ensure_future(self._load(model_id, device, dtype, max_context))
+            self._tasks[model_id] = task
+            task.add_done_callback(lambda _: self._tasks.pop(model_id, None))
+        return await asyncio.shield(task), False
+
+    async def _load(
+        self, model_id: str, device: str | None, dtype: str | None, max_context: int | None
+    ) -> LoadedModel:
+        try:
+            location = self.registry.resolve(model_id)
+        except ModelNotFound:
+            if not self.registry.hub_download:
+                raise
+            location = await asyncio.to_thread(self.registry.download, model_id)
+        device = device or self._most_free_device()
+        async with self._device_locks[device]:
+            self.loading[model_id] = device
+            try:
+                return await self._load_on(location, device, dtype, max_context)
+            finally:
+                self.loading.pop(model_id, None)
+
+    def _most_free_device(self) -> str:
+        return max(self.workers, key=lambda d: devices.describe(d).free_bytes)
+
+    async def _load_on(
+        self, location: ModelLocation, device: str, dtype: str | None, max_context: int | None
+    ) -> LoadedModel:
+        arch = await asyncio.to_thread(self._preflight, location, device, dtype, max_context)
+        tokenizer = await asyncio.to_thread(_load_tokenizer, location)
+        defaults = _generation_defaults(location)
+        worker = self.workers[device]
+        info = await worker.load(location.id, location.path, dtype, max_context)
+        model = LoadedModel(
+            id=location.id,
+            location=location,
+            device=device,
+            worker=worker,
+            tokenizer=tokenizer,
+            defaults=defaults,
+            info=info,
+            arch=arch,
+        )
+        self.models[location.id] = model
+        self.metrics.load_seconds.labels(location.id).set(info.load_seconds)
+        log.info(
+            "loaded model=%s device=%s bytes=%d max_context=%d dtype=%s seconds=%.2f",
+            location.id,
+            device,
+            info.bytes,
+            info.max_context,
+            info.dtype,
+            info.load_seconds,
+        )
+        return model
+
+    def _preflight(
+        self, location: ModelLocation, device: str, dtype: str | None, max_context: int | None
+    ) -> str | None:
+        """Check the model fits; returns its architecture. Raises 422/507 before allocating."""
+        free = devices.describe(device).free_bytes
+        config, run_dtype, weights = _weights(location, device, dtype)
+        context = min(max_context or config.max_position_embeddings, config.max_position_embeddings)
+        per_token = _kv_bytes_per_token(config, run_dtype.itemsize)
+        if device == "cpu":
+            cap = self.engine_config.max_batch * context * per_token
+            kv = min(int(self.engine_config.cpu_kv_cache_bytes), cap)
+        else:
+            kv = context * per_token
+        required = weights + kv
+        if required > free:
+            raise InsufficientMemory(
+                f"{location.id} needs {required} bytes on {device} ({weights} weights + {kv} KV"
+                f" cache), {free} are free",
+                required_bytes=required,
+                free_bytes=free,
+            )
+        return config.model_type
+
+    async def unload(self, model_id: str) -> None:
+        """Cancel the model's requests, then free its memory; 404 when it is not loaded."""
+        model = self.models.pop(model_id, None)
+        if model is None:
+            raise ModelNotFound(f"model {model_id!r} is not loaded", param="model")
+        model.unloaded = True
+        # The worker fails the model's requests with Unavailable (503, Retry-After) as it unloads.
+        await model.worker.unload(model_id)
+        log.info("unloaded model=%s device=%s", model_id, model.device)
+
+    async def unload_all(self) -> None:
+        """Unload every model (shutdown)."""
+        for model_id in list(self.models):
+            try:
+                await self.unload(model_id)
+            except Exception:  # shutting down: keep freeing the others
+                log.exception("unload of %s failed during shutdown", model_id)
+
+
+def _weights(location: ModelLocation, device: str, dtype: str | None) -> tuple[Any, Any, int]:
+    """(ModelConfig, torch dtype it will run in, weight bytes in that dtype), reading headers
+    only; raises `UnsupportedArchitecture` (422) for a model the decoder cannot run."""
+    import torch
+
+    from cortex.neuron.models import ModelConfig, model_weight_bytes, resolve_dtype
+
+    if location.format == "gguf":
+        from cortex.neuron.models.gguf import default_dtype, gguf_config, gguf_weight_bytes
+        from cortex.neuron.models.loader import parse_dtype
+
+        run_dtype = parse_dtype(dtype) if dtype else default_dtype(torch.device(device))
+        return gguf_config(location.path), run_dtype, gguf_weight_bytes(location.path, run_dtype)
+    config = ModelConfig.from_dir(location.path)
+    run_dtype = resolve_dtype(config, device, dtype)
+    return config, run_dtype, model_weight_bytes(location.path, run_dtype)
+
+
+def _load_tokenizer(location: ModelLocation) -> Any:
+    if location.format == "gguf":
+        from cortex.neuron.gguf_tokenizer import tokenizer_from_gguf
+
+        return tokenizer_from_gguf(location.path)
+    from cortex.neuron.tokenizer import Tokenizer
+
+    return Tokenizer.from_dir(location.path)
+
+
+def _generation_defaults(location: ModelLocation) -> dict[str, Any]:
+    if location.format == "gguf" or not location.path.is_dir():
+        return {}
+    from cortex.neuron.tokenizer import generation_defaults
+
+    return generation_defaults(location.path)

@@ -1,0 +1,192 @@
+"""Lifecycle routes of DESIGN.md section 4: /health, /models, /models/load, /models/unload,
+/models/{id}/endpoint, /tokenize, /metrics.
+
+`/models/{id}/endpoint` answers this neuron's own base URL: every loaded model is served by the
+same `/v1/...` routes here (the gateway replaces a loopback host with the neuron's address).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from cortex import __version__
+from cortex.api import openai
+from cortex.errors import InvalidRequest
+from cortex.neuron import devices, registry
+from cortex.neuron.http import json_response, read_json
+from cortex.neuron.metrics import CONTENT_TYPE
+from cortex.neuron.prompts import build_prompt
+from cortex.neuron.state import STATE, NeuronState
+
+
+def _body_object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object", param="body")
+    return body
+
+
+async def health(request: web.Request) -> web.Response:
+    """`GET /health`: status, devices and loaded models (never needs a token)."""
+    state = request.app[STATE]
+    device_list = await asyncio.to_thread(
+        lambda: [devices.describe(d).to_dict() for d in state.devices]
+    )
+    models = []
+    for model in list(state.manager.models.values()):
+        stats = model.stats()
+        models.append(
+            {
+                "id": model.id,
+                "state": "loaded",
+                "device": model.device,
+                "bytes": model.info.bytes,
+                "in_flight": stats.running,
+                "waiting": stats.waiting,
+            }
+        )
+    for model_id, device in state.manager.loading.items():
+        models.append(
+            {
+                "id": model_id,
+                "state": "loading",
+                "device": device,
+                "bytes": 0,
+                "in_flight": 0,
+                "waiting": 0,
+            }
+        )
+    return json_response(
+        {
+            "status": "draining" if state.draining else "ok",
+            "node": state.node,
+            "version": __version__,
+            "uptime_s": round(state.uptime, 3),
+            "devices": device_list,
+            "models": models,
+        }
+    )
+
+
+def _catalogue(state: NeuronState) -> list[dict[str, Any]]:
+    entries: dict[str, dict[str, Any]] = {}
+    for location in state.registry.scan():
+        entries[location.id] = {
+            "id": location.id,
+            "state": "available",
+            **registry.describe(location),
+            "device": None,
+            "format": location.format,
+        }
+    for model_id, device in state.manager.loading.items():
+        entries.setdefault(
+            model_id,
+            {
+                "id": model_id,
+                "arch": None,
+                "params": None,
+                "bytes": None,
+                "max_context": None,
+                "format": None,
+            },
+        )
+        entries[model_id].update(state="loading", device=device)
+    for model in list(state.manager.models.values()):
+        entry = entries.setdefault(model.id, {"id": model.id, **registry.describe(model.location)})
+        entry.update(
+            state="loaded",
+            arch=model.arch,
+            bytes=model.info.bytes,
+            max_context=model.max_context,
+            device=model.device,
+            format=model.location.format,
+        )
+    return list(entries.values())
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """`GET /models`: loaded models and every model found on disk."""
+    state = request.app[STATE]
+    data = await asyncio.to_thread(_catalogue, state)
+    return json_response({"object": "list", "data": data})
+
+
+async def load(request: web.Request) -> web.Response:
+    """`POST /models/load`: load (or join the load of) a model; 200 when already loaded."""
+    state = request.app[STATE]
+    body = _body_object(await read_json(request))
+    model_id = body.get("model")
+    registry.check_id(model_id)
+    device = body.get("device")
+    dtype = body.get("dtype")
+    max_context = body.get("max_context")
+    if device is not None and not isinstance(device, str):
+        raise InvalidRequest("'device' must be a string such as 'cuda:0' or 'cpu'", param="device")
+    if dtype is not None and (not isinstance(dtype, str) or dtype.lower() not in _DTYPES):
+        raise InvalidRequest(f"'dtype' must be one of {sorted(_DTYPES)}", param="dtype")
+    if max_context is not None and (
+        isinstance(max_context, bool) or not isinstance(max_context, int) or max_context < 1
+    ):
+        raise InvalidRequest("'max_context' must be a positive integer", param="max_context")
+    if dtype is not None and dtype.lower() == "auto":
+        dtype = None
+    model, _ = await state.manager.load(model_id, device, dtype, max_context)
+    return json_response(
+        {
+            "model": model.id,
+            "state": "loaded",
+            "device": model.device,
+            "bytes": model.info.bytes,
+            "load_seconds": round(model.info.load_seconds, 3),
+            "max_context": model.max_context,
+            "dtype": model.info.dtype,
+        }
+    )
+
+
+_DTYPES = {"auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"}
+
+
+async def unload(request: web.Request) -> web.Response:
+    """`POST /models/unload`: cancel the model's requests and free it; 404 if not loaded."""
+    state = request.app[STATE]
+    body = _body_object(await read_json(request))
+    model_id = body.get("model")
+    registry.check_id(model_id)
+    await state.manager.unload(model_id)
+    return json_response({"model": model_id, "state": "unloaded"})
+
+
+async def endpoint(request: web.Request) -> web.Response:
+    """`GET /models/{id}/endpoint`: the base URL serving `/v1/...` for that model."""
+    state = request.app[STATE]
+    model_id = request.match_info["id"]
+    if model_id not in state.manager.models:
+        state.registry.resolve(model_id)  # 400 for a bad id, 404 when it is nowhere
+    return json_response({"url": state.public_url, "model": model_id})
+
+
+async def tokenize(request: web.Request) -> web.Response:
+    """`POST /tokenize`: exact prompt token count after the chat template."""
+    state = request.app[STATE]
+    body = _body_object(await read_json(request))
+    if body.get("messages") is not None:
+        req = openai.parse_chat(body)
+    elif body.get("prompt") is not None:
+        req = openai.parse_completion(body)
+    else:
+        raise InvalidRequest("give 'messages' or 'prompt'", param="messages")
+    model = state.manager.get(req.model)
+    ids = await asyncio.to_thread(build_prompt, model, req)
+    answer: dict[str, Any] = {"count": len(ids), "max_context": model.max_context}
+    if body.get("return_tokens", True):
+        answer["tokens"] = ids
+    return json_response(answer)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """`GET /metrics`: Prometheus text."""
+    body = request.app[STATE].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

@@ -1,0 +1,307 @@
+"""Load a llama.cpp GGUF file as a `CausalLM`: config from metadata, tensors renamed to HF names.
+
+GGUF keeps everything in one file: the hyperparameters under `<arch>.*` keys, the tokenizer under
+`tokenizer.*` (see `cortex/neuron/gguf_tokenizer.py`) and the tensors under llama.cpp's names,
+often block-quantized. Here the metadata becomes the same `config.json`-style dict the safetensors
+path reads (so `ModelConfig.from_dict` validates both alike), the tensors are dequantized on the
+target device (`dequant.py`) and fed to `CausalLM.load_weights` under their Hugging Face names.
+
+llama.cpp's converter permutes the rows of Q and K for the `llama` architecture (its RoPE pairs
+adjacent dims, HF's pairs the two halves); that permutation is undone here. Qwen files are not
+permuted. The reader memory-maps the file, so nothing is read twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gguf import LlamaFileType
+
+from cortex.errors import ModelLoadFailed, UnsupportedArchitecture
+from cortex.neuron.models.config import ModelConfig
+from cortex.neuron.models.dequant import check_supported, dequantize
+from cortex.neuron.models.gguf_file import GGUFFile
+from cortex.neuron.models.llama import LlamaForCausalLM
+from cortex.neuron.models.loader import parse_dtype
+
+ARCHITECTURES = {"llama", "qwen2", "qwen3"}
+# The only architecture whose Q/K rows llama.cpp's converter permutes.
+PERMUTED_ARCHITECTURES = {"llama"}
+
+GLOBAL_TENSORS = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
+BLOCK_TENSORS = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+# Llama 3.1+ files carry their RoPE scaling as this tensor of per-frequency divisors.
+ROPE_FREQS = "rope_freqs.weight"
+BLOCK_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+# Which file of a multi-quantization directory to serve: good quality per byte first.
+PREFERRED_QUANTS = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "Q4_K_S", "Q5_K_S", "Q4_0", "Q4_1")
+
+
+def find_gguf(path: str | Path) -> Path | None:
+    """`path` if it is a `.gguf` file, else the `.gguf` a directory without safetensors holds.
+
+    A directory holding `*.safetensors` is a safetensors model even if a GGUF sits beside it.
+    Hub GGUF repositories hold one file per quantization: the first of `PREFERRED_QUANTS` found
+    in a file name wins, else the first file by name.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path if path.suffix.lower() == ".gguf" else None
+    if not path.is_dir() or any(path.glob("*.safetensors")):
+        return None
+    # mmproj files are vision projectors, not language models.
+    files = sorted(p for p in path.glob("*.gguf") if not p.name.lower().startswith("mmproj"))
+    for quant in PREFERRED_QUANTS:
+        match = next((f for f in files if quant in f.name.upper()), None)
+        if match is not None:
+            return match
+    return files[0] if files else None
+
+
+def open_gguf(path: str | Path) -> GGUFFile:
+    """The parsed file (tensors memory-mapped). The last two files stay parsed, so loading the
+    model and then its tokenizer parse the file once."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as e:
+        raise ModelLoadFailed(f"cannot read GGUF file {path}: {e}") from e
+    return _parsed(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _parsed(path: Path, mtime_ns: int, size: int) -> GGUFFile:
+    return GGUFFile(path)
+
+
+def architecture(reader: GGUFFile) -> str:
+    """`general.architecture`, checked against the ones cortex runs from GGUF."""
+    arch = reader.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise UnsupportedArchitecture(
+            f"unsupported GGUF architecture {arch!r}; supported: {', '.join(sorted(ARCHITECTURES))}"
+        )
+    return arch
+
+
+def config_dict(reader: GGUFFile) -> dict[str, Any]:
+    """The metadata as a `config.json`-style dict for `ModelConfig.from_dict`."""
+    arch = architecture(reader)
+
+    def hp(key: str, default: Any = None) -> Any:
+        value = reader.get(f"{arch}.{key}", default)
+        if value is None:
+            raise ModelLoadFailed(f"GGUF metadata lacks {arch}.{key}")
+        return value
+
+    hidden, heads = int(hp("embedding_length")), int(hp("attention.head_count"))
+    tensors = {t.name for t in reader.tensors}
+    tokens = reader.get("tokenizer.ggml.tokens")
+    eos = [reader.get(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
+    return {
+        "model_type": arch,
+        "vocab_size": len(tokens) if tokens else int(hp("vocab_size")),
+        "hidden_size": hidden,
+        "intermediate_size": int(hp("feed_forward_length")),
+        "num_hidden_layers": int(hp("block_count")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(hp("attention.head_count_kv", heads)),
+        "head_dim": int(hp("attention.key_length", hidden // heads)),
+        "rms_norm_eps": float(hp("attention.layer_norm_rms_epsilon", 1e-6)),
+        "rope_theta": float(hp("rope.freq_base", 10000.0)),
+        "rope_scaling": _rope_scaling(reader, arch),
+        "max_position_embeddings": int(hp("context_length", 2048)),
+        "tie_word_embeddings": "output.weight" not in tensors,
+        "attention_bias": "blk.0.attn_q.bias" in tensors,
+        "bos_token_id": reader.get("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": list(dict.fromkeys(int(i) for i in eos if i is not None)),
+        "torch_dtype": "bfloat16",
+    }
+
+
+def _rope_scaling(reader: GGUFFile, arch: str) -> dict[str, Any] | None:
+    """HF `rope_scaling` from `<arch>.rope.scaling.*` or a Llama 3 `rope_freqs` tensor."""
+    kind = reader.get(f"{arch}.rope.scaling.type")
+    factor = reader.get(f"{arch}.rope.scaling.factor")
+    if kind == "linear" and factor:
+        return {"rope_type": "linear", "factor": float(factor)}
+    if kind not in (None, "none", "linear"):
+        original = reader.get(f"{arch}.rope.scaling.original_context_length")
+        scaling = {"rope_type": kind, "factor": factor}
+        return scaling | ({"original_max_position_embeddings": original} if original else {})
+    tensor = reader.tensor(ROPE_FREQS)
+    if tensor is None:
+        return None
+    return _llama3_scaling(reader, arch, np.asarray(tensor.data).view(np.float32))
+
+
+def _llama3_scaling(reader: GGUFFile, arch: str, divisors: np.ndarray) -> dict[str, Any]:
+    """Recover Llama 3.1 `rope_scaling` from the divisors llama.cpp's converter wrote.
+
+    The converter computes them from factor, low/high frequency factors (1 and 4 in every
+    released model) and the original context (8192); only `factor` is free: the largest divisor.
+    The recovered settings must reproduce every divisor, else the file is refused.
+    """
+    heads = int(reader.get(f"{arch}.attention.head_count"))
+    dim = int(reader.get(f"{arch}.rope.dimension_count", 0)) or (
+        int(reader.get(f"{arch}.embedding_length")) // heads
+    )
+    base = float(reader.get(f"{arch}.rope.freq_base", 10000.0))
+    s = {
+        "rope_type": "llama3",
+        "factor": float(divisors.max()),
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
+    wavelen = 2 * math.pi * base ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    old = s["original_max_position_embeddings"]
+    smooth = np.clip((old / wavelen - 1.0) / 3.0, 0.0, 1.0)
+    expected = 1.0 / ((1 - smooth) / s["factor"] + smooth)
+    if divisors.shape != expected.shape or not np.allclose(divisors, expected, rtol=1e-3):
+        raise UnsupportedArchitecture(f"{ROPE_FREQS} does not match Llama 3 RoPE scaling")
+    return s
+
+
+def gguf_config(path: str | Path) -> ModelConfig:
+    """The `ModelConfig` described by a GGUF file's metadata."""
+    return ModelConfig.from_dict(config_dict(open_gguf(path)))
+
+
+def hf_name(name: str) -> str:
+    """llama.cpp tensor name -> Hugging Face name (`blk.3.attn_q.weight` ->
+    `model.layers.3.self_attn.q_proj.weight`); unknown names raise `ModelLoadFailed`."""
+    stem, _, kind = name.rpartition(".")
+    if stem in GLOBAL_TENSORS and kind in ("weight", "bias"):
+        return f"{GLOBAL_TENSORS[stem]}.{kind}"
+    m = BLOCK_NAME.fullmatch(name)
+    if m is None or m.group(2) not in BLOCK_TENSORS:
+        raise ModelLoadFailed(f"GGUF tensor {name!r} has no counterpart in the model")
+    return f"model.layers.{m.group(1)}.{BLOCK_TENSORS[m.group(2)]}.{m.group(3)}"
+
+
+def unpermute(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """Undo llama.cpp's Q/K row permutation (per head: interleaved pairs -> two halves)."""
+    rows = weight.shape[0]
+    return (
+        weight.reshape(heads, rows // heads // 2, 2, *weight.shape[1:])
+        .transpose(1, 2)
+        .reshape(weight.shape)
+    )
+
+
+def iter_weights(
+    reader: GGUFFile, config: ModelConfig, device: torch.device, dtype: torch.dtype
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF name, dequantized tensor on `device` in `dtype`) for every model tensor in the file."""
+    permute = config.model_type in PERMUTED_ARCHITECTURES
+    heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
+    for t in reader.tensors:
+        if t.name == ROPE_FREQS:
+            continue  # already folded into config.rope_scaling
+        name = hf_name(t.name)
+        weight = dequantize(t.data, t.qtype, t.shape, device=device, dtype=dtype, name=t.name)
+        kind = t.name.split(".")[2] if t.name.startswith("blk.") else ""
+        if permute and kind in heads:
+            weight = unpermute(weight, heads[kind])
+        yield name, weight
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on accelerators, fp32 on CPU (quantized weights carry no dtype of their own)."""
+    return torch.float32 if device.type == "cpu" else torch.bfloat16
+
+
+def load_gguf_model(
+    path: str | Path, device: torch.device | str, dtype: torch.dtype | str | None = None
+) -> LlamaForCausalLM:
+    """Build the `CausalLM` a GGUF file describes, weights dequantized on `device`.
+
+    `dtype` None means bf16 on accelerators and fp32 on CPU.
+    """
+    from cortex.neuron.models import build_model  # the package imports this module lazily
+
+    device = torch.device(device)
+    dtype = parse_dtype(dtype) if dtype is not None else default_dtype(device)
+    file = find_gguf(path)
+    if file is None:
+        raise ModelLoadFailed(f"no GGUF file at {path}")
+    reader = open_gguf(file)
+    if int(reader.get("split.count", 1)) > 1:
+        raise ModelLoadFailed(
+            f"{file.name} is one part of a split GGUF; merge the parts first "
+            "(llama-gguf-split --merge)"
+        )
+    for t in reader.tensors:
+        check_supported(t.name, t.qtype)  # refuse before allocating anything
+    config = ModelConfig.from_dict(config_dict(reader))
+    model = build_model(config, device, dtype)
+    model.load_weights(iter_weights(reader, config, device, dtype))
+    return model
+
+
+def gguf_weight_bytes(path: str | Path, dtype: torch.dtype | str | None = None) -> int:
+    """Bytes the dequantized weights take in `dtype` (fp32 if None), without loading them."""
+    size = parse_dtype(dtype or torch.float32).itemsize
+    reader = open_gguf(find_gguf(path) or path)
+    return sum(t.n_elements for t in reader.tensors if t.name != ROPE_FREQS) * size
+
+
+@functools.lru_cache(maxsize=256)
+def _info(file: Path, mtime_ns: int) -> dict[str, Any]:
+    # Not through open_gguf's cache: listing many files must not keep them all mapped.
+    reader = GGUFFile(file)
+    file_type = reader.get("general.file_type")
+    try:
+        quant = LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    except (TypeError, ValueError):
+        # No (or an unknown) file type: name it after the commonest type among the matrices.
+        counts = Counter(t.qtype.name for t in reader.tensors if len(t.shape) > 1)
+        quant = counts.most_common(1)[0][0] if counts else "unknown"
+    arch = reader.get("general.architecture")
+    return {
+        "format": "gguf",
+        "quantization": quant,
+        "bytes": file.stat().st_size,
+        "arch": arch,
+        "params": sum(t.n_elements for t in reader.tensors if t.name != ROPE_FREQS),
+        "max_context": reader.get(f"{arch}.context_length"),
+        "file": file.name,
+    }
+
+
+def gguf_info(path: str | Path) -> dict[str, Any]:
+    """What `/models` shows for a GGUF model: format, quantization (e.g. "Q4_1"), bytes (the
+    file's size), arch, params, max_context, file. Cached per file and modification time."""
+    file = find_gguf(path)
+    if file is None:
+        raise ModelLoadFailed(f"no GGUF file at {path}")
+    return dict(_info(file.resolve(), file.stat().st_mtime_ns))
+
+
+# The name the neuron's registry (`cortex/neuron/registry.py: gguf_summary`) calls.
+describe_gguf = gguf_info

@@ -1,0 +1,233 @@
+"""One hand-written decoder for the Llama family: llama, mistral, qwen2, qwen3.
+
+The four differ only in details that ModelConfig carries: qkv bias (qwen2), q/k RMSNorm over
+head_dim (qwen3), an explicit head_dim, RoPE scaling (rope.py), a sliding window (mistral). Module names follow the HF
+checkpoints (`model.layers.N.self_attn.*`, `model.layers.N.mlp.*`, `lm_head`), except that q/k/v
+and gate/up are fused into `qkv_proj` and `gate_up_proj` (one GEMM each instead of three and
+two); `load_weights` maps the HF names into slices of the fused weights.
+
+Tokens come as one flat packed batch (T tokens across all sequences of the step) with their
+positions; AttentionMetadata says where they go in the paged KV cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cortex.errors import ModelLoadFailed
+from cortex.neuron.attention import (
+    AttentionMetadata,
+    KVCache,
+    decode_attention,
+    prefill_attention,
+    store_kv,
+)
+from cortex.neuron.models.config import ModelConfig
+from cortex.neuron.models.rope import Rotary, apply_rope
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in fp32 and cast back before the weight, as HF does."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)  # one fused kernel
+        return self.weight * normed.to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Self-attention with fused QKV, optional q/k norm, RoPE and the paged KV cache."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        self.qkv_proj = nn.Linear(
+            config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.attention_bias
+        )
+        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.o_proj_bias)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.qk_norm = config.qk_norm
+        self.window = config.sliding_window
+        self.k_cache: torch.Tensor | None = None
+        self.v_cache: torch.Tensor | None = None
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: AttentionMetadata
+    ) -> torch.Tensor:
+        tokens = x.shape[0]
+        heads = self.num_heads
+        qk, v = self.qkv_proj(x).split([self.q_size + self.kv_size, self.kv_size], dim=-1)
+        qk = qk.view(tokens, heads + self.num_kv_heads, self.head_dim)  # [T, H + KVH, D]
+        v = v.view(tokens, self.num_kv_heads, self.head_dim)  # [T, KVH, D]
+        if self.qk_norm:
+            qk = torch.cat((self.q_norm(qk[:, :heads]), self.k_norm(qk[:, heads:])), dim=1)
+        # q and k rotate together: one set of kernels instead of two.
+        q, k = apply_rope(qk, cos, sin).split([heads, self.num_kv_heads], dim=1)
+        if self.k_cache is not None:
+            store_kv(k, v, self.k_cache, self.v_cache, attn.slot_mapping)
+        if attn.is_decode:
+            assert self.k_cache is not None, "decode needs a bound KV cache"
+            out = decode_attention(q, self.k_cache, self.v_cache, attn, self.window)
+        else:
+            out = prefill_attention(q, k, v, self.k_cache, self.v_cache, attn, self.window)
+        return self.o_proj(out.reshape(tokens, self.q_size))  # [T, hidden]
+
+
+class MLP(nn.Module):
+    """SwiGLU with fused gate/up: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.intermediate = config.intermediate_size
+        self.gate_up_proj = nn.Linear(
+            config.hidden_size, 2 * self.intermediate, bias=config.mlp_bias
+        )
+        self.down_proj = nn.Linear(self.intermediate, config.hidden_size, bias=config.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)  # [T, I] each
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: AttentionMetadata
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class LlamaForCausalLM(nn.Module):
+    """The causal LM: `forward` -> final hidden states, `compute_logits` -> fp32 logits."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        # Set by init_rope on the real device; fp32, kept out of `.to(dtype)`.
+        self.rotary: Rotary | None = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    def init_rope(self) -> None:
+        """Compute the RoPE frequencies on the model's device (after materialising)."""
+        self.rotary = Rotary(self.config, self.device)
+
+    def bind_kv_cache(self, cache: KVCache | None) -> None:
+        """Point every layer at its K/V block pool (None unbinds)."""
+        for i, layer in enumerate(self.model.layers):
+            layer.self_attn.k_cache = cache.k[i] if cache is not None else None
+            layer.self_attn.v_cache = cache.v[i] if cache is not None else None
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionMetadata
+    ) -> torch.Tensor:
+        """input_ids, positions [T] (flat packed batch) -> final hidden states [T, hidden]."""
+        assert self.rotary is not None, "init_rope() first"
+        cos, sin = self.rotary.cos_sin(positions, self.dtype)  # [T, 1, D/2] each
+        x = self.model.embed_tokens(input_ids)  # [T, hidden]
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, attn)
+        return self.model.norm(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [N, hidden] -> logits [N, vocab] in fp32."""
+        return self.lm_head(hidden).float()
+
+    def weight_slots(self) -> dict[str, tuple[torch.Tensor, int, int]]:
+        """HF tensor name -> (destination parameter, row offset, rows) for every expected tensor."""
+        slots: dict[str, tuple[torch.Tensor, int, int]] = {}
+        fused = {
+            "self_attn.qkv_proj": ("q_proj", "k_proj", "v_proj"),
+            "mlp.gate_up_proj": ("gate_proj", "up_proj"),
+        }
+        for name, param in self.named_parameters(remove_duplicate=True):
+            module, _, kind = name.rpartition(".")
+            prefix, _, leaf = module.rpartition(".")
+            parent = prefix.rpartition(".")[2]
+            parts = fused.get(f"{parent}.{leaf}")
+            if parts is None:
+                slots[name] = (param, 0, param.shape[0])
+                continue
+            offset = 0
+            sizes = self._fused_sizes(leaf)
+            for part, rows in zip(parts, sizes, strict=True):
+                base = prefix.rpartition(".")[0] + f".{parent}.{part}.{kind}"
+                slots[base] = (param, offset, rows)
+                offset += rows
+        return slots
+
+    def _fused_sizes(self, leaf: str) -> list[int]:
+        c = self.config
+        if leaf == "qkv_proj":
+            kv = c.num_key_value_heads * c.head_dim
+            return [c.num_attention_heads * c.head_dim, kv, kv]
+        return [c.intermediate_size, c.intermediate_size]
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy (HF name, tensor) pairs into the parameters; strict about missing/unused names."""
+        slots = self.weight_slots()
+        missing = set(slots)
+        unused: list[str] = []
+        for name, tensor in weights:
+            slot = slots.get(name)
+            if slot is None:
+                # Tied checkpoints sometimes still carry lm_head; old ones carry RoPE buffers.
+                tied_head = name == "lm_head.weight" and self.config.tie_word_embeddings
+                if not (tied_head or name.endswith("rotary_emb.inv_freq")):
+                    unused.append(name)
+                continue
+            param, offset, rows = slot
+            target = param.data.narrow(0, offset, rows)
+            if tuple(tensor.shape) != tuple(target.shape):
+                raise ModelLoadFailed(
+                    f"tensor {name} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}"
+                )
+            with torch.no_grad():
+                target.copy_(tensor)
+            missing.discard(name)
+        if missing or unused:
+            parts = []
+            if missing:
+                parts.append("missing tensors: " + ", ".join(sorted(missing)))
+            if unused:
+                parts.append("unused tensors: " + ", ".join(sorted(unused)))
+            raise ModelLoadFailed("checkpoint does not match the model: " + "; ".join(parts))

@@ -1,0 +1,46 @@
+"""Turning a validated OpenAI request into prompt token ids for one loaded model.
+
+Chat requests go through the model's chat template (with the request's `tools` and
+`chat_template_kwargs`); legacy completions encode the prompt text (BOS as the model's tokenizer
+config says) or take token ids as given. With `response_format` json_object the answer is forced
+to open with `{` (see json_mode.py): thinking is switched off unless the request set
+`enable_thinking` itself, and the brace is appended to the prompt.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cortex.api.openai import GenerationRequest
+from cortex.errors import InvalidRequest
+
+JSON_PREFIX = "{"
+
+
+def template_kwargs(req: GenerationRequest) -> dict[str, Any]:
+    """Chat template variables for `req`."""
+    kwargs = dict(req.template_kwargs)
+    if req.json_mode:
+        kwargs.setdefault("enable_thinking", False)
+    return kwargs
+
+
+def build_prompt(model: Any, req: GenerationRequest) -> list[int]:
+    """Prompt token ids of `req` for `model` (a LoadedModel); 400 for unusable input."""
+    tokenizer = model.tokenizer
+    if req.kind == "chat":
+        ids = tokenizer.encode_chat(req.messages, req.tools, True, **template_kwargs(req))
+    elif isinstance(req.prompt, str):
+        ids = tokenizer.encode(req.prompt, add_special_tokens=True)
+    else:
+        ids = list(req.prompt or [])
+        vocab = tokenizer.vocab_size
+        if any(t >= vocab for t in ids):
+            raise InvalidRequest(
+                f"token ids must be below the vocabulary size {vocab}", param="prompt"
+            )
+    if req.json_mode:
+        ids = ids + tokenizer.encode(JSON_PREFIX, add_special_tokens=False)
+    if not ids:
+        raise InvalidRequest("the prompt is empty", param="prompt")
+    return ids

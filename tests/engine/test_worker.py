@@ -1,0 +1,199 @@
+"""DeviceWorker driven from asyncio, as the neuron's aiohttp app drives it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from cortex.errors import (
+    ContextLengthExceeded,
+    EngineFailure,
+    ModelNotFound,
+    ShuttingDown,
+    Unavailable,
+)
+from cortex.neuron.engine import LLM, DeviceWorker, EngineConfig, StepOutput
+from cortex.neuron.models import load_model
+from cortex.neuron.sampling import SamplingParams
+from tests.support.checkpoints import STORIES
+
+CONFIG = EngineConfig(block_size=8, max_batch=16, max_prefill_tokens=128, cuda_graphs=False)
+PROMPTS = [[1, 403, 407], [1, 260, 261, 262, 263, 264, 265], [1, 300], [1, 410, 411, 412, 413]]
+PARAMS = [
+    SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True),
+    SamplingParams(temperature=0.9, top_k=30, seed=3, max_tokens=15, ignore_eos=True),
+    SamplingParams(temperature=0.0, max_tokens=9, ignore_eos=True, logprobs=True, top_logprobs=2),
+    SamplingParams(temperature=1.0, seed=4, max_tokens=25, ignore_eos=True),
+]
+LONG = SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 120))
+
+
+async def collect(handle) -> tuple[list[int], list[StepOutput]]:
+    outs = [out async for out in handle]
+    return [t for o in outs for t in o.token_ids], outs
+
+
+async def settled(worker: DeviceWorker, model_id: str):
+    """Wait until the worker has dropped every request of the model; return its stats."""
+    while True:
+        stats = worker.stats(model_id)
+        if stats.running == 0 and stats.waiting == 0:
+            return stats
+        await asyncio.sleep(0.01)
+
+
+class ThreadRecorder:
+    """A loader that loads the real model and records which threads run its forwards."""
+
+    def __init__(self, fail_paths: tuple[str, ...] = ()) -> None:
+        self.threads: set[str] = set()
+        self.fail_paths = fail_paths
+
+    def __call__(self, path: Path, device: torch.device, dtype):
+        model = load_model(path.resolve(), device, dtype)
+        self.threads.add(threading.current_thread().name)
+        failing = path.name in self.fail_paths
+
+        def hook(module, args):
+            self.threads.add(threading.current_thread().name)
+            if failing:
+                raise RuntimeError("injected fault")
+
+        model.register_forward_pre_hook(hook)
+        return model
+
+
+@pytest.fixture(scope="module")
+def expected() -> list[list[int]]:
+    return LLM(STORIES, dtype="float32", config=CONFIG).generate(PROMPTS, PARAMS)
+
+
+def test_concurrent_submits_on_the_device_thread(expected):
+    recorder = ThreadRecorder()
+
+    async def main():
+        worker = DeviceWorker("cpu", CONFIG, loader=recorder)
+        worker.start()
+        info = await worker.load("stories", STORIES, "float32")
+        assert (info.dtype, info.max_context) == ("float32", 512)
+        assert info.kv_blocks > 0 and info.bytes > 0
+        assert await worker.load("stories", STORIES) == info  # already loaded
+        handles = [worker.submit("stories", p, sp) for p, sp in zip(PROMPTS, PARAMS, strict=True)]
+        results = await asyncio.gather(*(collect(h) for h in handles))
+        stats = await settled(worker, "stories")
+        total, free = worker.memory()
+        await worker.shutdown()
+        return results, stats, total, free
+
+    results, stats, total, free = run(main())
+    assert [tokens for tokens, _ in results] == expected
+    for (_, outs), prompt, params in zip(results, PROMPTS, PARAMS, strict=True):
+        assert outs[-1].finish_reason == "length"
+        assert all(o.finish_reason is None for o in outs[:-1])
+        assert {o.prompt_tokens for o in outs} == {len(prompt)}
+        if params.logprobs:
+            assert all(len(o.logprobs) == 1 and len(o.top_logprobs[0]) == 2 for o in outs)
+            assert all(o.logprobs[0] <= 0 for o in outs)
+    assert recorder.threads == {"cpu-0"}
+    assert stats.kv_blocks_used == 0 and stats.kv_blocks_total > 0
+    assert stats.generation_tokens == sum(p.max_tokens for p in PARAMS)
+    assert stats.prompt_tokens == sum(map(len, PROMPTS))
+    assert total >= free > 0
+
+
+def test_cancel_and_thousands_of_cancelled_requests():
+    async def main():
+        worker = DeviceWorker("cpu", CONFIG)
+        worker.start()
+        await worker.load("stories", STORIES, "float32")
+        handle = worker.submit("stories", PROMPTS[0], LONG)
+        got = []
+        async for out in handle:
+            got += out.token_ids
+            if len(got) == 3:
+                handle.cancel()
+        assert len(got) == 3
+        for i in range(1500):
+            h = worker.submit("stories", PROMPTS[i % 4] + [i % 500], LONG)
+            if i % 5 == 0:
+                await h.__anext__()  # cancel some after their first token
+            h.cancel()
+            assert [o async for o in h] == []
+        stats = await settled(worker, "stories")
+        await worker.shutdown()
+        return stats
+
+    stats = run(main())
+    assert stats.kv_blocks_used == 0 and stats.running == 0 and stats.waiting == 0
+
+
+def test_unload_with_requests_in_flight_and_errors():
+    async def main():
+        worker = DeviceWorker("cpu", CONFIG)
+        worker.start()
+        await worker.load("stories", STORIES, "float32")
+        with pytest.raises(ContextLengthExceeded):
+            worker.submit("stories", [1] * 512, LONG)
+        with pytest.raises(ModelNotFound):
+            worker.submit("other", [1], LONG)
+        handles = [worker.submit("stories", p, LONG) for p in PROMPTS]
+        for h in handles:
+            await h.__anext__()
+        await worker.unload("stories")
+        for h in handles:
+            with pytest.raises(Unavailable):
+                async for _ in h:
+                    pass
+        with pytest.raises(ModelNotFound):
+            worker.submit("stories", [1], LONG)
+        with pytest.raises(ModelNotFound):
+            await worker.unload("stories")
+        # Loading again works, and shutdown fails what is still running.
+        await worker.load("stories", STORIES, "float32")
+        pending = worker.submit("stories", PROMPTS[0], LONG)
+        await pending.__anext__()
+        await worker.shutdown()
+        with pytest.raises(ShuttingDown):
+            async for _ in pending:
+                pass
+        with pytest.raises(ShuttingDown):
+            worker.submit("stories", [1], LONG)
+
+    run(main())
+
+
+def test_failing_step_fails_only_that_models_requests(tmp_path, expected):
+    (tmp_path / "broken").symlink_to(STORIES, target_is_directory=True)
+    recorder = ThreadRecorder(fail_paths=("broken",))
+
+    async def main():
+        worker = DeviceWorker("cpu", CONFIG, loader=recorder)
+        worker.start()
+        await worker.load("good", STORIES, "float32")
+        await worker.load("bad", tmp_path / "broken", "float32")
+        good = [worker.submit("good", p, sp) for p, sp in zip(PROMPTS, PARAMS, strict=True)]
+        bad = [worker.submit("bad", p, LONG) for p in PROMPTS]
+        results = await asyncio.gather(*(collect(h) for h in good + bad), return_exceptions=True)
+        bad_stats = await settled(worker, "bad")
+        # Both models keep serving after the failure.
+        again = await collect(worker.submit("good", PROMPTS[0], PARAMS[0]))
+        bad_again = await asyncio.gather(
+            collect(worker.submit("bad", [1], LONG)), return_exceptions=True
+        )
+        await worker.shutdown()
+        return results, bad_stats, again, bad_again
+
+    results, bad_stats, again, bad_again = run(main())
+    assert [r[0] for r in results[:4]] == expected
+    for error in results[4:] + bad_again:
+        assert isinstance(error, EngineFailure) and "injected fault" in error.message
+    assert bad_stats.kv_blocks_used == 0
+    assert again[0] == expected[0]
