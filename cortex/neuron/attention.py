@@ -164,14 +164,17 @@ def decode_attention(
     mask = positions < lens  # [B, S]
     if window is not None:
         mask &= positions >= lens - window
+    batch, heads, dim = q.shape
+    kv_heads = k_cache.shape[2]
+    # Grouped-query attention without repeating K/V: the query heads that share a KV head
+    # become that head's query rows (head h uses KV head h // group, as HF's repeat_kv).
     out = F.scaled_dot_product_attention(
-        q.unsqueeze(2),  # [B, H, 1, D]
+        q.view(batch, kv_heads, heads // kv_heads, dim),  # [B, KVH, G, D]
         ks.transpose(1, 2),  # [B, KVH, S, D]
         vs.transpose(1, 2),
         attn_mask=mask[:, None, None, :],  # [B, 1, 1, S]
-        enable_gqa=True,
-    )  # [B, H, 1, D]
-    return out.squeeze(2)
+    )  # [B, KVH, G, D]
+    return out.reshape(batch, heads, dim)
 
 
 def _gather(
