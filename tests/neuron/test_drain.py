@@ -123,3 +123,30 @@ def test_sigterm_drains(neuron: NeuronProc) -> None:
     assert last["finish_reason"] in ("length", "stop")
     assert neuron.wait(60) == 0
     assert "draining: 1 requests in flight" in neuron.log()
+
+
+def test_drain_timeout_ends_streams_cleanly(
+    models_root: Path, neuron_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Past `drain_timeout` the rest are ended with an error event and [DONE]; exit 0. Also: with
+    `hub_download` on but no hub reachable, an unknown model is still a plain 404."""
+    config = tmp_path / "neuron.toml"
+    config.write_text('[neuron]\ndrain_timeout = "1s"\nhub_download = true\n')
+    proc = start_neuron(models_root, ["--config", str(config)], env=neuron_env)
+    try:
+        with Session(proc.url) as session:
+            missing = session.post("/models/load", json={"model": "Nobody/Nothing"})
+            assert missing.status_code == 404, missing.text
+            assert session.post("/models/load", json={"model": "tiny/qwen3"}).status_code == 200
+            body = {"model": "tiny/qwen3", "prompt": "Hi", "max_tokens": 4000, "stream": True}
+            with session.post("/v1/completions", json=body, stream=True) as response:
+                stream = sse_events(response)
+                while not next(stream).data:
+                    pass
+                proc.terminate()
+                rest = [e for e in stream if e.data]
+        assert rest[-1].done
+        assert rest[-2].json()["error"]["code"] == "unavailable"
+        assert proc.wait(60) == 0
+    finally:
+        proc.stop()

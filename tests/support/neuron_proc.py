@@ -5,7 +5,10 @@
     proc.stop()
 
 The child's stderr (its log) goes to a file; `proc.log()` reads it, and a neuron that dies
-before answering `/health` raises with the log's tail.
+before answering `/health` raises with the log's tail. `Session(proc.url, token)` is a requests
+session with paths relative to the neuron (`.sse(path, body)` collects a stream up to
+`[DONE]`, `.metric(name, model)` reads one `/metrics` sample); `sse_events(response)` parses a
+streaming response as it arrives.
 """
 
 from __future__ import annotations
@@ -125,8 +128,9 @@ def start_neuron(
     wait until `/health` answers. `env` entries are added to the current environment."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log_path = Path(tempfile.mkstemp(prefix="neuron-", suffix=".log")[1])
-    log_file = log_path.open("w", encoding="utf-8")
+    fd, name = tempfile.mkstemp(prefix="neuron-", suffix=".log")
+    log_path = Path(name)
+    log_file = os.fdopen(fd, "w", encoding="utf-8")
     command = [
         sys.executable,
         "-m",
