@@ -287,6 +287,11 @@ def _check(path: Path | None, key: str, ok: bool, problem: str) -> None:
         raise ConfigError(f"{path or '<defaults>'}: key '{key}': {problem}")
 
 
+def _check_choice(path: Path | None, key: str, value: str, choices: tuple[str, ...]) -> None:
+    options = ", ".join(repr(c) for c in choices)
+    _check(path, key, value in choices, f"{value!r} is not one of {options}")
+
+
 def load_models_config(path: str | os.PathLike[str]) -> ModelsConfig:
     """Load models.toml: aliases and placement profiles."""
     path = Path(path)
@@ -306,12 +311,7 @@ def load_cortex_config(path: str | os.PathLike[str] | None) -> CortexConfig:
         return CortexConfig()
     path = Path(path)
     config: CortexConfig = _load(CortexConfig, path)
-    _check(
-        path,
-        "eviction.strategy",
-        config.eviction.strategy in ("lru", "priority"),
-        f"{config.eviction.strategy!r} is not one of 'lru', 'priority'",
-    )
+    _check_choice(path, "eviction.strategy", config.eviction.strategy, ("lru", "priority"))
     names: set[str] = set()
     for i, neuron in enumerate(config.neurons):
         _check(path, f"neurons[{i}].name", neuron.name not in names, "duplicate neuron name")
@@ -321,12 +321,7 @@ def load_cortex_config(path: str | os.PathLike[str] | None) -> CortexConfig:
             neuron.endpoint.startswith(("http://", "https://")),
             "expected an http:// or https:// URL",
         )
-        _check(
-            path,
-            f"neurons[{i}].kind",
-            neuron.kind in ("cortex", "openai"),
-            f"{neuron.kind!r} is not one of 'cortex', 'openai'",
-        )
+        _check_choice(path, f"neurons[{i}].kind", neuron.kind, ("cortex", "openai"))
         names.add(neuron.name)
     if config.models_config:
         config.models = load_models_config(config.models_config)

@@ -1,9 +1,11 @@
 """Single-host mode: the gateway starts a `cortex neuron` child on a free loopback port.
 
-The child inherits stderr (its logs interleave with the gateway's), gets the `--models-dir`
-flags of `cortex serve`, and is stopped with SIGTERM (then SIGKILL after its drain time) when
-the gateway exits. The gateway does not wait for it to come up: the poller marks it up once it
-answers `/health`, and requests meanwhile get 503 with Retry-After.
+The child is this same program: `python -m cortex neuron`, or, inside a PyInstaller one-file
+executable (`sys.frozen`, where there is no `-m`), the executable itself with `neuron` as its
+first argument. The child inherits stderr (its logs interleave with the gateway's), gets the
+`--models-dir` flags of `cortex serve`, and is stopped with SIGTERM (then SIGKILL after its drain
+time) when the gateway exits. The gateway does not wait for it to come up: the poller marks it up
+once it answers `/health`, and requests meanwhile get 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ def free_loopback_port() -> int:
         return s.getsockname()[1]
 
 
+def neuron_command() -> list[str]:
+    """The argv that runs `cortex neuron` with this interpreter or frozen executable."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, "neuron"]
+    return [sys.executable, "-m", "cortex", "neuron"]
+
+
 class LocalNeuron:
     """A neuron child process on loopback."""
 
@@ -35,9 +44,9 @@ class LocalNeuron:
 
     @classmethod
     async def start(cls, models_dirs: list[str]) -> LocalNeuron:
-        """Start `python -m cortex neuron --listen 127.0.0.1:P --models-dir ...`."""
+        """Start `cortex neuron --listen 127.0.0.1:P --models-dir ...` (see `neuron_command`)."""
         port = free_loopback_port()
-        args = [sys.executable, "-m", "cortex", "neuron", "--listen", f"127.0.0.1:{port}"]
+        args = [*neuron_command(), "--listen", f"127.0.0.1:{port}"]
         for directory in models_dirs:
             args += ["--models-dir", directory]
         proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL)

@@ -61,7 +61,10 @@ def _first_run_message(models_dirs: list[str]) -> str:
         f"cortex: models are found in: {dirs}, and the Hugging Face cache "
         "(~/.cache/huggingface/hub).\n"
         "cortex: to add a model, put its Hugging Face directory (config.json, *.safetensors, "
-        "tokenizer files) under a models dir, e.g. `cortex serve --models-dir ./models`;\n"
+        "tokenizer files) or a .gguf file under a models dir, e.g. "
+        "`cortex serve --models-dir ./models`;\n"
+        "cortex: to get a small demo model (SmolLM2-135M-Instruct) there: "
+        "`cortex fetch-demo --models-dir ./models`;\n"
         "cortex: to serve a fleet, write cortex.toml with [[neurons]] entries (or pass "
         "--neuron URL)."
     )

@@ -188,8 +188,8 @@ def _llama3_scaling(reader: GGUFFile, arch: str, divisors: np.ndarray) -> dict[s
 
 
 def gguf_config(path: str | Path) -> ModelConfig:
-    """The `ModelConfig` described by a GGUF file's metadata."""
-    return ModelConfig.from_dict(config_dict(open_gguf(path)))
+    """The `ModelConfig` described by the metadata of a GGUF file (or a directory holding one)."""
+    return ModelConfig.from_dict(config_dict(open_gguf(find_gguf(path) or path)))
 
 
 def hf_name(name: str) -> str:
