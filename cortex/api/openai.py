@@ -3,6 +3,9 @@
 The builders shape answers and stream chunks as OpenAI's OpenAPI document has them: `logprobs`
 present (null unless asked), `refusal` null, `finish_reason` one of stop/length/tool_calls,
 `usage.prompt_tokens_details.cached_tokens`, reasoning as `reasoning_content` (vLLM's name).
+Like vLLM, each choice of an answer, and of the stream chunk that carries its `finish_reason`,
+also has `stop_reason`: the stop string that matched, the `stop_token_ids` entry that ended it,
+or null (EOS, length). The Anthropic translation reads it to answer `stop_sequence`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from cortex.api.openai_request import (
 )
 
 __all__ = [
+    "PROMPT_TOKENS_HEADER",
     "ChoiceResult",
     "GenerationRequest",
     "chat_chunk",
@@ -37,6 +41,10 @@ __all__ = [
     "usage",
     "usage_chunk",
 ]
+
+# A neuron's stream answer carries the prompt's token count in this header (see
+# cortex/neuron/openai_routes.py): chunks have no place for it before the final usage.
+PROMPT_TOKENS_HEADER = "x-cortex-prompt-tokens"
 
 
 def new_id(kind: str) -> str:
@@ -58,6 +66,7 @@ class ChoiceResult:
     reasoning: str = ""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     finish_reason: str | None = None
+    stop_reason: str | int | None = None
     logprobs: list[dict[str, Any]] | None = None
 
 
@@ -132,6 +141,7 @@ def chat_response(
                 "message": chat_message(c),
                 "logprobs": chat_logprobs(c.logprobs),
                 "finish_reason": c.finish_reason,
+                "stop_reason": c.stop_reason,
             }
             for c in choices
         ],
@@ -155,6 +165,7 @@ def completion_response(
                 "text": c.content,
                 "logprobs": completion_logprobs(c.logprobs),
                 "finish_reason": c.finish_reason,
+                "stop_reason": c.stop_reason,
             }
             for c in choices
         ],
@@ -171,22 +182,30 @@ def chat_chunk(
     delta: dict[str, Any],
     finish_reason: str | None = None,
     logprobs: list[dict[str, Any]] | None = None,
+    stop_reason: str | int | None = None,
 ) -> dict[str, Any]:
-    """One `chat.completion.chunk` with a single choice delta."""
+    """One `chat.completion.chunk` with a single choice delta (`stop_reason` goes with a
+    `finish_reason`)."""
+    choice = {
+        "index": index,
+        "delta": delta,
+        "logprobs": chat_logprobs(logprobs),
+        "finish_reason": finish_reason,
+    }
     return {
         "id": rid,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [
-            {
-                "index": index,
-                "delta": delta,
-                "logprobs": chat_logprobs(logprobs),
-                "finish_reason": finish_reason,
-            }
-        ],
+        "choices": [_with_stop_reason(choice, stop_reason)],
     }
+
+
+def _with_stop_reason(choice: dict[str, Any], stop_reason: str | int | None) -> dict[str, Any]:
+    """`choice` with vLLM's `stop_reason` added when it carries a finish_reason."""
+    if choice["finish_reason"] is not None:
+        choice["stop_reason"] = stop_reason
+    return choice
 
 
 def completion_chunk(
@@ -198,21 +217,21 @@ def completion_chunk(
     finish_reason: str | None = None,
     logprobs: list[dict[str, Any]] | None = None,
     offset: int = 0,
+    stop_reason: str | int | None = None,
 ) -> dict[str, Any]:
-    """One legacy completion stream chunk."""
+    """One legacy completion stream chunk (`stop_reason` goes with a `finish_reason`)."""
+    choice = {
+        "index": index,
+        "text": text,
+        "logprobs": completion_logprobs(logprobs, offset),
+        "finish_reason": finish_reason,
+    }
     return {
         "id": rid,
         "object": "text_completion",
         "created": created,
         "model": model,
-        "choices": [
-            {
-                "index": index,
-                "text": text,
-                "logprobs": completion_logprobs(logprobs, offset),
-                "finish_reason": finish_reason,
-            }
-        ],
+        "choices": [_with_stop_reason(choice, stop_reason)],
     }
 
 

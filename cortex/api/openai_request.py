@@ -13,6 +13,8 @@ Decisions where OpenAI is silent or we cannot follow it exactly:
 - `response_format` `json_object` and `json_schema` both mean "the answer parses as JSON" (the
   schema itself is not enforced; see cortex/neuron/json_mode.py).
 - A legacy completion takes one prompt (a string or a list of token ids); batches are refused.
+- vLLM's `stop_token_ids` extension is honoured; which stop string or stop token ended an answer
+  is reported as vLLM does, in the choice's `stop_reason` (see cortex/api/openai.py).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class GenerationRequest:
     sampling: dict[str, float | int] = field(default_factory=dict)
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
     logprobs: bool = False
     top_logprobs: int = 0
     json_mode: bool = False
@@ -135,6 +138,7 @@ def _common(body: Any, kind: str) -> GenerationRequest:
             raise _fail(f"'n' must be between 1 and {MAX_N}", "n")
         req.n = int(n)
     req.stop = _stop(body.get("stop"))
+    req.stop_token_ids = _stop_token_ids(body.get("stop_token_ids"))
     req.json_mode = _response_format(body.get("response_format"))
     return req
 
@@ -147,6 +151,15 @@ def _stop(value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
         raise _fail("'stop' must be a string or a list of strings", "stop")
     return [s for s in value if s]
+
+
+def _stop_token_ids(value: Any) -> list[int]:
+    """vLLM's `stop_token_ids` extension: token ids that end the answer like EOS."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(_is_token(t) for t in value):
+        raise _fail("'stop_token_ids' must be a list of token ids", "stop_token_ids")
+    return [int(t) for t in value]
 
 
 def _response_format(value: Any) -> bool:

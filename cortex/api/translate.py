@@ -24,9 +24,9 @@ Request decisions:
   ignored.
 
 Response decisions (the same for the stream):
-- `stop_sequence` is known only when the neuron says which stop string matched: like vLLM, it
-  puts it in the choice's `stop_reason`. Without that field the reason is `end_turn` (an EOS
-  and a stop string cannot be told apart from the stripped text).
+- `stop_sequence` is known only when the upstream says which stop string matched: a cortex
+  neuron, like vLLM, puts it in the choice's `stop_reason`. Without that field the reason is
+  `end_turn` (an EOS and a stop string cannot be told apart from the stripped text).
 - A tool call whose arguments are not a JSON object keeps them as `{"arguments": "<raw>"}`.
 """
 

@@ -34,6 +34,7 @@ from cortex.errors import ConfigError
 from cortex.gateway.app import create_app
 from cortex.gateway.context import GATEWAY
 from cortex.gateway.local_neuron import LocalNeuron
+from cortex.process import run, setup_logging
 
 log = logging.getLogger("cortex.gateway")
 
@@ -70,15 +71,6 @@ def _first_run_message(models_dirs: list[str]) -> str:
     )
 
 
-def _setup_logging() -> None:
-    level = os.environ.get("CORTEX_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
 def run_serve(
     config_path: str | None,
     listen: str | None,
@@ -109,8 +101,8 @@ def run_serve(
         )
     if single_host and path is None:
         print(_first_run_message(models_dirs), file=sys.stderr)
-    _setup_logging()
-    return asyncio.run(_serve(config, single_host, [os.path.abspath(d) for d in models_dirs]))
+    setup_logging()
+    return run(_serve(config, single_host, [os.path.abspath(d) for d in models_dirs]))
 
 
 async def _site(runner: web.AppRunner, address: str) -> None:

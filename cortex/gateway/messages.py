@@ -5,12 +5,16 @@ cold-loaded by `open_upstream` like any OpenAI request, and the answer is transl
 JSON `Message`, or a live event stream (`cortex.api.anthropic.StreamTranslator`). The query
 `?beta=true`, `anthropic-version` and `anthropic-beta` are accepted and need nothing.
 
-Streams: while a cold load runs, the client already gets `message_start` and then a `ping` every
-second; SSE comments the neuron sends while a long prompt prefills become `ping`s too. An error
-before the stream started is an HTTP error in Anthropic's envelope (the errors middleware renders
-what the handlers raise: 400 invalid_request_error, 404 not_found_error, 529 overloaded_error
-with Retry-After when no neuron can take the request...); after it started, it is an `error`
-event, on which Claude Code drops the partial answer and retries without streaming.
+Streams: `message_start` goes out as soon as the neuron answers, with `input_tokens` from the
+neuron's `x-cortex-prompt-tokens` header (the whole prompt: which part the prefix cache served is
+known only at the end, and `message_delta` then carries the exact split). While a cold load
+runs, the client already gets `message_start` (with no token counts yet) and then a `ping`
+every second; SSE comments the neuron sends while a long prompt prefills become `ping`s too.
+An error before the stream started is an HTTP error in Anthropic's envelope (the errors
+middleware renders what the handlers raise: 400 invalid_request_error, 404 not_found_error, 529
+overloaded_error with Retry-After when no neuron can take the request, the neuron's own
+Retry-After when it gave one...); after it started, it is an `error` event, on which Claude
+Code drops the partial answer and retries without streaming.
 
 `max_tokens` is clamped to the model's context length as the fleet reports it (Claude Code asks
 32000 whatever the model); the neuron then clamps it exactly to the room the prompt leaves, and
@@ -32,6 +36,7 @@ from aiohttp import web
 
 from cortex.api import sse, translate
 from cortex.api.anthropic import StreamTranslator
+from cortex.api.openai import PROMPT_TOKENS_HEADER
 from cortex.errors import CortexError, RateLimited, UpstreamError
 from cortex.gateway.context import GATEWAY, MODEL, NEURON, Gateway
 from cortex.gateway.neuron_client import error_from_response
@@ -135,6 +140,7 @@ async def _stream(
     async with upstream:
         out = out or await start_sse(request, upstream.headers())
         try:
+            await _send(out, translator.start(_prompt_usage(upstream)))
             await _relay(upstream, translator, out)
             events = translator.finish()
         except _CLIENT_GONE:
@@ -149,6 +155,12 @@ async def _stream(
             events = translator.fail(UpstreamError(why))
         await _end(out, events)
     return out
+
+
+def _prompt_usage(upstream: Upstream) -> dict[str, int] | None:
+    """The prompt's token count from the neuron's stream headers, as an OpenAI `usage`."""
+    value = upstream.response.headers.get(PROMPT_TOKENS_HEADER, "")
+    return {"prompt_tokens": int(value)} if value.isdigit() else None
 
 
 async def _relay(upstream: Upstream, translator: StreamTranslator, out: web.StreamResponse) -> None:

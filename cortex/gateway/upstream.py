@@ -15,15 +15,19 @@ Both API dialects plug in here: the OpenAI passthrough (proxy.py) and the Anthro
 
 A neuron that refuses the connection, breaks it or answers 503 before the first byte is
 retried on another neuron (up to `MAX_ATTEMPTS` in all); one that no longer has a model the
-gateway believed loaded there (404 `model_not_found`: it restarted) gets the model loaded again. Other error answers are raised as the
-`cortex.errors` class the neuron's envelope names (message and status kept), so each route
-renders them in its own dialect. Overhead (`x-cortex-overhead-ms`) is the gateway's own time
-before the answer's headers: arrival to headers, minus cold-load waiting and the neuron's time.
+gateway believed loaded there (404 `model_not_found`: it restarted) gets the model loaded
+again. Other error answers are raised as the `cortex.errors` class the neuron's envelope names
+(message and status kept), so each route renders them in its own dialect. The neuron's own
+`Retry-After` (on a 429 or 503) is kept too; when every neuron was busy, the client is told the
+soonest of their delays. Overhead (`x-cortex-overhead-ms`) is the gateway's own time before the
+answer's headers: arrival to headers, minus cold-load waiting and the neuron's time.
 """
 
 from __future__ import annotations
 
+import email.utils
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -154,6 +158,7 @@ async def open_upstream(
     exclude: frozenset[str] = frozenset()
     failures: list[str] = []
     only_busy = True  # every failure so far was a 503: the fleet is busy, not broken
+    delays: list[float] = []  # Retry-After of each busy answer
     waited = 0.0
     for _ in range(MAX_ATTEMPTS):
         started = time.perf_counter()
@@ -162,7 +167,7 @@ async def open_upstream(
         except CortexError as exc:
             if not failures:
                 raise
-            raise _gave_up([*failures, exc.message], only_busy) from None
+            raise _gave_up([*failures, exc.message], only_busy, delays) from None
         if route.cold:
             waited += time.perf_counter() - started
         neuron = route.neuron
@@ -189,6 +194,9 @@ async def open_upstream(
             response.release()
             route.place.in_flight -= 1
         error = error_from_response(response.status, raw, neuron.name)
+        delay = retry_after(response.headers)
+        if delay is not None:
+            error.retry_after = delay
         if error.code == "model_not_found" and route.place.state == "loaded":
             # The neuron lost the model (restart, unload behind our back): load it again.
             route.place.state = "available"
@@ -199,12 +207,32 @@ async def open_upstream(
         if response.status != 503:
             raise error
         failures.append(f"neuron {neuron.name}: {error.message}")
+        if error.retry_after is not None:
+            delays.append(error.retry_after)
         exclude |= {neuron.name}
-    raise _gave_up(failures, only_busy)
+    raise _gave_up(failures, only_busy, delays)
 
 
-def _gave_up(failures: list[str], only_busy: bool) -> CortexError:
-    """After every attempt failed: 503 (come back later) if each neuron only said it was busy
-    or shutting down, else 502."""
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds a `Retry-After` header asks to wait (delta-seconds or an HTTP date), if any."""
+    value = headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _gave_up(failures: list[str], only_busy: bool, delays: list[float]) -> CortexError:
+    """After every attempt failed: 503 (come back later, after the soonest Retry-After the
+    neurons gave) if each neuron only said it was busy or shutting down, else 502."""
     message = "; ".join(failures)
-    return Unavailable(message) if only_busy else UpstreamError(message)
+    if not only_busy:
+        return UpstreamError(message)
+    return Unavailable(message, retry_after=min(delays)) if delays else Unavailable(message)

@@ -13,7 +13,7 @@ sync, so a CUDA graph can capture it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -36,11 +36,42 @@ class AttentionMetadata:
     # Optional host copies, so that prefill need not read the device tensors back.
     query_start_loc_host: list[int] | None = None
     context_lens_host: list[int] | None = None
+    # Set by `with_decode_inputs` at the start of a decode forward (never by the caller).
+    decode: DecodeInputs | None = None
 
     @property
     def query_lens(self) -> torch.Tensor:
         """IntTensor[B]: new tokens per sequence."""
         return self.query_start_loc[1:] - self.query_start_loc[:-1]
+
+
+@dataclass
+class DecodeInputs:
+    """What every layer's decode attention shares within one step, computed once per forward.
+
+    Derived on the device from the metadata's tensors (no host sync), inside the forward, so
+    a captured CUDA graph recomputes it from its static inputs at every replay.
+    """
+
+    blocks: torch.Tensor  # LongTensor[B * max_blocks]: the cache blocks to gather, row-major
+    bias: torch.Tensor  # [B, 1, 1, S] additive mask in the model dtype: 0 visible, -inf not
+
+
+def with_decode_inputs(
+    attn: AttentionMetadata, block_size: int, window: int | None, dtype: torch.dtype
+) -> AttentionMetadata:
+    """A copy of decode metadata carrying its `DecodeInputs` (block index and key mask)."""
+    span = attn.block_tables.shape[1] * block_size
+    positions = torch.arange(span, device=attn.context_lens.device)[None, :]  # [1, S]
+    lens = attn.context_lens[:, None]  # [B, 1]
+    hidden = positions >= lens  # [B, S]: past the context
+    if window is not None:
+        hidden |= positions < lens - window
+    # An additive mask: SDPA's CPU kernel takes it faster than a boolean one.
+    bias = torch.zeros(hidden.shape, dtype=dtype, device=hidden.device)
+    bias.masked_fill_(hidden, float("-inf"))
+    blocks = _block_index(attn.block_tables, attn.block_tables.shape[1])
+    return replace(attn, decode=DecodeInputs(blocks, bias[:, None, None, :]))
 
 
 @dataclass
@@ -124,8 +155,9 @@ def prefill_attention(
             ki, vi = k[s:e], v[s:e]  # [L, KVH, D]
         else:
             assert k_cache is not None and v_cache is not None, "a cached prefix needs a KV cache"
-            ki, vi = _gather(k_cache, v_cache, attn.block_tables[i : i + 1], ctx)
-            ki, vi = ki[0], vi[0]  # [ctx, KVH, D]
+            blocks = _block_index(attn.block_tables[i : i + 1], -(-ctx // k_cache.shape[1]))
+            ki, vi = _gather(k_cache, v_cache, blocks, 1)
+            ki, vi = ki[0, :ctx], vi[0, :ctx]  # [ctx, KVH, D]
         mask = None
         if prefix or (window is not None and window < ctx):
             # Query j sits at absolute position prefix + j and sees keys up to prefix + j.
@@ -155,16 +187,13 @@ def decode_attention(
     """One new token per sequence against its whole cached context; static shapes, no sync.
 
     q [B, H, D] -> out [B, H, D]. Keys past each sequence's context length (and, with a
-    sliding `window`, those `window` or more positions back) are masked.
+    sliding `window`, those `window` or more positions back) are masked. The block index and
+    mask come from `attn.decode` when the model computed them for the step.
     """
-    span = attn.block_tables.shape[1] * k_cache.shape[1]
-    ks, vs = _gather(k_cache, v_cache, attn.block_tables, span)  # [B, S, KVH, D]
-    positions = torch.arange(span, device=q.device)[None, :]  # [1, S]
-    lens = attn.context_lens[:, None]  # [B, 1]
-    mask = positions < lens  # [B, S]
-    if window is not None:
-        mask &= positions >= lens - window
+    if attn.decode is None:
+        attn = with_decode_inputs(attn, k_cache.shape[1], window, q.dtype)
     batch, heads, dim = q.shape
+    ks, vs = _gather(k_cache, v_cache, attn.decode.blocks, batch)  # [B, S, KVH, D]
     kv_heads = k_cache.shape[2]
     # Grouped-query attention without repeating K/V: the query heads that share a KV head
     # become that head's query rows (head h uses KV head h // group, as HF's repeat_kv).
@@ -172,21 +201,21 @@ def decode_attention(
         q.view(batch, kv_heads, heads // kv_heads, dim),  # [B, KVH, G, D]
         ks.transpose(1, 2),  # [B, KVH, S, D]
         vs.transpose(1, 2),
-        attn_mask=mask[:, None, None, :],  # [B, 1, 1, S]
+        attn_mask=attn.decode.bias,  # [B, 1, 1, S]
     )  # [B, KVH, G, D]
     return out.reshape(batch, heads, dim)
 
 
-def _gather(
-    k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor, length: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """K/V of the first `length` positions of each row's blocks: [B, length, KVH, D] each."""
-    blocks = -(-length // k_cache.shape[1])
+def _block_index(block_tables: torch.Tensor, blocks: int) -> torch.Tensor:
+    """LongTensor[B * blocks]: the first `blocks` entries of each row of the block tables."""
     # Padding entries may be -1; clamp them to a real block (their positions are masked).
-    table = block_tables[:, :blocks].clamp(min=0).long().flatten()  # [B * blocks]
-    batch = block_tables.shape[0]
+    return block_tables[:, :blocks].clamp(min=0).long().flatten()
+
+
+def _gather(
+    k_cache: torch.Tensor, v_cache: torch.Tensor, blocks: torch.Tensor, batch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """K/V of `blocks` (B rows of equally many blocks): [B, S, KVH, D] each."""
     shape = (batch, -1, k_cache.shape[2], k_cache.shape[3])
     # index_select, not k_cache[table]: advanced indexing is ~100x slower on CPU.
-    ks = k_cache.index_select(0, table).view(shape)[:, :length]
-    vs = v_cache.index_select(0, table).view(shape)[:, :length]
-    return ks, vs
+    return k_cache.index_select(0, blocks).view(shape), v_cache.index_select(0, blocks).view(shape)

@@ -7,8 +7,10 @@ reasoning split, tool calls) and, in JSON mode, a `JsonGuard`. `Generation.event
 the sequences into one stream of `Piece`s and yields None after each half second of silence
 (the caller sends an SSE comment or checks that the client is still there).
 
-A stop string or a finished JSON object cancels that sequence in the engine at once (its KV
-blocks are freed at the next step); so does `cancel()` for a client that went away.
+A stop string, a stop token (`stop_token_ids`: the engine stops only at EOS and drops that id
+from its output, so the text pipeline watches for these) or a finished JSON object cancels that
+sequence in the engine at once (its KV blocks are freed at the next step); so does `cancel()`
+for a client that went away.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Piece:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # OpenAI delta items
     logprobs: list[dict[str, Any]] | None = None
     finish_reason: str | None = None
+    stop_reason: str | int | None = None  # with finish_reason: the stop string or token id
 
     @property
     def empty(self) -> bool:
@@ -94,6 +97,7 @@ class Generation:
             tokenizer,
             self.prompt_ids,
             stop=self.fields["stop"],
+            stop_token_ids=self.req.stop_token_ids,
             reasoning=None if self.req.kind == "chat" else False,
             tools=self.req.parse_tools,
         )
@@ -174,7 +178,8 @@ class Generation:
                     self._queue.put_nowait(piece)
                     continue
                 seq.handle.cancel()  # a no-op when the engine finished it
-                reason = out.finish_reason or "stop"
+                # A stop in the last step's text wins over the length limit (as in vLLM).
+                reason = "stop" if seq.stream.stopped else out.finish_reason or "stop"
                 self._queue.put_nowait(self._finish(seq, reason, [piece]))
                 finished = True
                 break
@@ -215,6 +220,7 @@ class Generation:
         if seq.saw_tool_call and reason == "stop":
             reason = "tool_calls"
         final.finish_reason = seq.result.finish_reason = reason
+        final.stop_reason = seq.result.stop_reason = seq.stream.stop_reason
         return final
 
     def _apply(self, seq: _Sequence, piece: Piece, deltas: list[Any]) -> None:

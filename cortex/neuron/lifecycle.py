@@ -4,12 +4,12 @@
   away does not cancel the load for the others.
 - Loads on one device run one at a time, so two loads cannot both pass the memory preflight and
   then overcommit the device together.
-- Preflight, before anything is allocated: weights (from safetensors headers, in the dtype they
-  will run in) plus the KV reserve must fit the device's free memory, else 507
-  `insufficient_memory` with `required_bytes` and `free_bytes`. The KV reserve is what the
-  engine will allocate on CPU (`cpu_kv_cache_bytes`, at most `max_batch` full-context
-  sequences) and one full-context sequence on CUDA (the engine then takes a share of what is
-  left, see `kv_cache_memory`).
+- Preflight, before anything is allocated: weights (from safetensors or GGUF headers, in the
+  dtype they will run in: a quantized GGUF counts dequantized) plus the KV reserve must fit the
+  device's free memory, else 507 `insufficient_memory` with `required_bytes` and `free_bytes`.
+  The KV reserve is what the engine will allocate on CPU (`cpu_kv_cache_bytes`, at most
+  `max_batch` full-context sequences) and one full-context sequence on CUDA (the engine then
+  takes a share of what is left, see `kv_cache_memory`).
 - Placement: the `device` asked for, else the device with the most free memory.
 - Unload removes the model from routing first, cancels its in-flight requests (their streams end
   with an error event, non-streaming requests get 503 with Retry-After), then frees memory.
@@ -179,7 +179,7 @@ class ModelManager:
     ) -> str | None:
         """Check the model fits; returns its architecture. Raises 422/507 before allocating."""
         free = devices.describe(device).free_bytes
-        config, run_dtype, weights = _weights(location, device, dtype)
+        config, run_dtype, weights = weight_footprint(location, device, dtype)
         context = min(max_context or config.max_position_embeddings, config.max_position_embeddings)
         per_token = _kv_bytes_per_token(config, run_dtype.itemsize)
         if device == "cpu":
@@ -216,21 +216,24 @@ class ModelManager:
                 log.exception("unload of %s failed during shutdown", model_id)
 
 
-def _weights(location: ModelLocation, device: str, dtype: str | None) -> tuple[Any, Any, int]:
+def weight_footprint(
+    location: ModelLocation, device: str, dtype: str | None
+) -> tuple[Any, Any, int]:
     """(ModelConfig, torch dtype it will run in, weight bytes in that dtype), reading headers
-    only; raises `UnsupportedArchitecture` (422) for a model the decoder cannot run."""
+    only: a GGUF counts dequantized, not at its file size. Raises `UnsupportedArchitecture`
+    (422) for a model the decoder cannot run."""
     import torch
 
-    from cortex.neuron.models import ModelConfig, model_weight_bytes, resolve_dtype
+    from cortex.neuron.models import ModelConfig, model_weight_bytes, parse_dtype, resolve_dtype
 
     if location.format == "gguf":
-        from cortex.neuron.models.gguf import default_dtype, gguf_config, gguf_weight_bytes
-        from cortex.neuron.models.loader import parse_dtype
+        from cortex.neuron.models.gguf import default_dtype, gguf_config
 
+        config = gguf_config(location.path)
         run_dtype = parse_dtype(dtype) if dtype else default_dtype(torch.device(device))
-        return gguf_config(location.path), run_dtype, gguf_weight_bytes(location.path, run_dtype)
-    config = ModelConfig.from_dir(location.path)
-    run_dtype = resolve_dtype(config, device, dtype)
+    else:
+        config = ModelConfig.from_dir(location.path)
+        run_dtype = resolve_dtype(config, device, dtype)
     return config, run_dtype, model_weight_bytes(location.path, run_dtype)
 
 

@@ -16,24 +16,15 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 
 from aiohttp import web
 
 from cortex.config import find_config, load_neuron_config, parse_listen, split_listen
 from cortex.errors import ConfigError
+from cortex.process import run, setup_logging
 
 log = logging.getLogger("cortex.neuron")
 CANCEL_GRACE_SECONDS = 5.0
-
-
-def _setup_logging() -> None:
-    level = os.environ.get("CORTEX_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 def _public_url(host: str, port: int) -> str:
@@ -63,8 +54,8 @@ def run_neuron(
         section.devices = list(devices)
     if preload:
         section.preload = list(preload)
-    _setup_logging()
-    return asyncio.run(_serve(config))
+    setup_logging()
+    return run(_serve(config))
 
 
 async def _serve(config) -> int:

@@ -2,12 +2,14 @@
 
 A request names a model loaded here (404 `model_not_found` otherwise: loading is an explicit
 lifecycle step, done by the gateway or `POST /models/load`). Streams are SSE: a role chunk per
-choice, deltas as tokens come, a final chunk with `finish_reason`, the usage chunk when
-`stream_options.include_usage` is set, then `data: [DONE]`. While nothing is generated (a long
-prefill, a full batch) an SSE comment goes out every half second. An error after the stream
-started is sent as an `{"error": ...}` event before `[DONE]` (the openai SDK raises it). A
-client that goes away cancels its sequences; every request logs one line with its model,
-tokens, TTFT and tok/s.
+choice, deltas as tokens come, a final chunk with `finish_reason` (and vLLM's `stop_reason`), the
+usage chunk when `stream_options.include_usage` is set, then `data: [DONE]`. The stream's headers
+carry the prompt's token count (`x-cortex-prompt-tokens`): OpenAI chunks have no place for it
+before the final usage, and the gateway's Anthropic route reports it in `message_start`.
+While nothing is generated (a long prefill, a full batch) an SSE comment goes out every half
+second. An error after the stream started is sent as an `{"error": ...}` event before `[DONE]`
+(the openai SDK raises it). A client that goes away cancels its sequences; every request logs
+one line with its model, tokens, TTFT and tok/s.
 """
 
 from __future__ import annotations
@@ -102,7 +104,8 @@ async def _collect(request: web.Request, gen: Generation, rid: str, created: int
 async def _stream(
     request: web.Request, gen: Generation, rid: str, created: int
 ) -> tuple[web.StreamResponse, int]:
-    response = web.StreamResponse(headers=sse.HEADERS)
+    prompt_tokens = {openai.PROMPT_TOKENS_HEADER: str(len(gen.prompt_ids))}
+    response = web.StreamResponse(headers={**sse.HEADERS, **prompt_tokens})
     await response.prepare(request)
     try:
         status = await _stream_events(request, gen, response, rid, created)
@@ -178,6 +181,7 @@ def _chunks(gen: Generation, piece: Piece, rid: str, created: int, offsets: list
                     piece.finish_reason,
                     piece.logprobs,
                     offsets[i],
+                    piece.stop_reason,
                 )
             )
             offsets[i] += len(piece.content)
@@ -192,7 +196,11 @@ def _chunks(gen: Generation, piece: Piece, rid: str, created: int, offsets: list
             delta["tool_calls"] = piece.tool_calls
         chunks.append(openai.chat_chunk(rid, created, model, i, delta, None, piece.logprobs))
     if piece.finish_reason:
-        chunks.append(openai.chat_chunk(rid, created, model, i, {}, piece.finish_reason))
+        chunks.append(
+            openai.chat_chunk(
+                rid, created, model, i, {}, piece.finish_reason, stop_reason=piece.stop_reason
+            )
+        )
     return chunks
 
 

@@ -59,12 +59,18 @@ def _find_first(text: str, tags: Sequence[str]) -> tuple[int, str | None]:
 
 
 class StopMatcher:
-    """Cuts text at the first stop string; text that may begin one is held back."""
+    """Cuts text at the first stop string; text that may begin one is held back. `matched` is
+    the stop string that cut it (None until one did)."""
 
     def __init__(self, stops: Sequence[str]) -> None:
         self.stops = [s for s in stops if s]
-        self.stopped = False
+        self.matched: str | None = None
         self._held = ""
+
+    @property
+    def stopped(self) -> bool:
+        """A stop string matched: nothing more is emitted."""
+        return self.matched is not None
 
     def feed(self, text: str) -> str:
         """The text that is safe to emit now ("" once stopped)."""
@@ -73,7 +79,7 @@ class StopMatcher:
         buf = self._held + text
         i, stop = _find_first(buf, self.stops)
         if stop is not None:
-            self.stopped, self._held = True, ""
+            self.matched, self._held = stop, ""
             return buf[:i]
         n = partial_tag_len(buf, self.stops)
         self._held = buf[len(buf) - n :]

@@ -104,6 +104,10 @@ class SamplingBatch:
     presence: torch.Tensor | None = None  # [B, 1]
     history_index: tuple[torch.Tensor, torch.Tensor] | None = None  # prompt + output
     output_index: tuple[torch.Tensor, torch.Tensor] | None = None  # output only
+    # The occurrences as [B, V] tensors, made from the index pairs at the first step and then
+    # kept current by `observe`: a batch reused across steps never re-reads whole histories.
+    seen: torch.Tensor | None = None  # [B, V] bool: in prompt or output
+    output_counts: torch.Tensor | None = None  # [B, V] fp32: occurrences in the output
 
     @classmethod
     def build(
@@ -153,11 +157,26 @@ class SamplingBatch:
         """logits [B, V] -> penalised logits [B, V] (a new tensor)."""
         if self.history_index is None or self.output_index is None:
             return logits
-        seen = _counts(self.history_index, logits) > 0  # [B, V]
+        if self.seen is None:
+            self.seen = _counts(self.history_index, logits) > 0  # [B, V]
+            self.output_counts = _counts(self.output_index, logits)  # [B, V]
         scaled = torch.where(logits > 0, logits / self.repetition, logits * self.repetition)
-        logits = torch.where(seen, scaled, logits)
-        counts = _counts(self.output_index, logits)  # [B, V]
+        logits = torch.where(self.seen, scaled, logits)
+        counts = self.output_counts
         return logits - self.frequency * counts - self.presence * (counts > 0).float()
+
+    def observe(self, token_ids: torch.Tensor) -> None:
+        """Count the tokens just sampled (LongTensor[B], one per row) as output occurrences.
+
+        On the device, without a host sync; a no-op unless penalties are in use.
+        """
+        if self.seen is None or self.output_counts is None:
+            return
+        index = (torch.arange(token_ids.shape[0], device=token_ids.device), token_ids)
+        self.seen.index_put_(index, torch.ones((), dtype=torch.bool, device=token_ids.device))
+        self.output_counts.index_put_(
+            index, torch.ones((), device=token_ids.device), accumulate=True
+        )
 
 
 def _index_pairs(lists: list[list[int]], device: torch.device | str) -> tuple[torch.Tensor, ...]:
@@ -191,9 +210,12 @@ class Sampler:
     def __init__(self, generator: torch.Generator | None = None) -> None:
         self.generator = generator  # shared by unseeded rows; None: torch's default RNG
 
-    @torch.inference_mode()
     def sample(self, logits: torch.Tensor, batch: SamplingBatch) -> SampleResult:
-        """logits [B, V] fp32 -> SampleResult (tokens, and logprobs where asked)."""
+        """logits [B, V] fp32 -> SampleResult (tokens, and logprobs where asked).
+
+        No grad mode of its own: logits never require grad here (the engine's whole step
+        runs under `inference_mode`), and entering a mode per step costs more than a kernel.
+        """
         result = SampleResult(token_ids=torch.empty(0))
         if batch.want_logprobs:
             raw = torch.log_softmax(logits.float(), dim=-1)  # [B, V]

@@ -1,10 +1,13 @@
 """One pipeline for generated text: ids -> text -> stop strings -> reasoning -> tool calls.
 
-1. The incremental detokenizer turns ids into text that never ends inside a character. EOS ids are
-   dropped first: they end the answer and are never text.
+1. The incremental detokenizer turns ids into text that never ends inside a character. EOS ids
+   are dropped first: they end the answer and are never text. The request's stop token ids end
+   it too: nothing from one on is text.
 2. Stop strings are matched on that text, across token boundaries. Text that may begin a stop
-   string is held back, so a stop string never leaks; after a match `stopped` is true (the caller
-   cancels the request) and nothing more is emitted.
+   string is held back, so a stop string never leaks. After a stop string or a stop token
+   `stopped` is true (the caller cancels the request) and nothing more is emitted.
+   `stop_reason` says what ended the answer as vLLM's choice field does: the matched stop
+   string, the stop token id, or None.
 3. Reasoning: `<think>...</think>` becomes reasoning, also when the prompt itself opened the block
    (the tail of the prompt holds an unclosed `<think>`, e.g. templates that end in "<think>\\n").
    On by default when the vocabulary has the think tokens.
@@ -91,17 +94,22 @@ class TextStream:
         prompt_ids: Sequence[int] = (),
         *,
         stop: Sequence[str] = (),
+        stop_token_ids: Sequence[int] = (),
         tools: bool = False,
         reasoning: bool | None = None,
         skip_special_tokens: bool = True,
     ) -> None:
-        """`tools`: the request has tools (parse tool calls). `reasoning`: split `<think>`
-        blocks (None: when the vocabulary has the think tokens)."""
+        """`stop_token_ids`: the request's own stop tokens (EOS ids need not be listed).
+        `tools`: the request has tools (parse tool calls). `reasoning`: split `<think>` blocks
+        (None: when the vocabulary has the think tokens)."""
         tool_format = (tokenizer.tool_format or "hermes") if tools else None
         self._tools: ToolParser | None = make_tool_parser(tool_format)
         keep = ["<|python_tag|>"] if tool_format == "llama3_json" else []
         self._detok = IncrementalDetokenizer(tokenizer, prompt_ids, skip_special_tokens, keep)
         self._eos = frozenset(tokenizer.eos_token_ids)
+        # An EOS id listed as a stop token is still EOS (vLLM checks EOS first).
+        self._stop_ids = frozenset(stop_token_ids) - self._eos
+        self._stop_token: int | None = None
         self._stop = StopMatcher(stop)
         use_reasoning = tokenizer.think_tokens is not None if reasoning is None else reasoning
         self._reasoning = (
@@ -114,15 +122,32 @@ class TextStream:
 
     @property
     def stopped(self) -> bool:
-        """A stop string matched: the caller should end the request."""
-        return self._stop.stopped
+        """A stop string matched or a stop token came: the caller should end the request."""
+        return self._stop.stopped or self._stop_token is not None
+
+    @property
+    def stop_reason(self) -> str | int | None:
+        """What ended the answer: the matched stop string, else the stop token id that came,
+        else None (EOS, length, or not ended yet)."""
+        return self._stop.matched if self._stop.stopped else self._stop_token
 
     def push(self, token_ids: Iterable[int]) -> list[Delta]:
         """Deltas for newly generated ids (often none while text is held back)."""
-        if self._stop.stopped:
+        if self.stopped:
             return []
-        text = self._detok.push(i for i in token_ids if i not in self._eos)
+        text = self._detok.push(self._text_ids(token_ids))
         return self._route(self._stop.feed(text)) if text else []
+
+    def _text_ids(self, token_ids: Iterable[int]) -> list[int]:
+        """The text ids among `token_ids`: EOS ids dropped, nothing from a stop token on."""
+        ids = []
+        for i in token_ids:
+            if i in self._stop_ids:
+                self._stop_token = i
+                break
+            if i not in self._eos:
+                ids.append(i)
+        return ids
 
     def finish(self, finish_reason: str | None) -> list[Delta]:
         """The remaining deltas at the end of generation; sets `finish_reason` ("tool_calls"

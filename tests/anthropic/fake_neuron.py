@@ -113,20 +113,19 @@ class FakeNeuron:
         ]
         if not body.get("stream"):
             choice = openai.ChoiceResult(
-                0, reply.content, reply.reasoning, calls, reply.finish_reason
+                0, reply.content, reply.reasoning, calls, reply.finish_reason, reply.stop_reason
             )
             answer = openai.chat_response("chatcmpl-fake", 0, MODEL, [choice], usage)
-            if reply.stop_reason:
-                answer["choices"][0]["stop_reason"] = reply.stop_reason
             return web.json_response(answer)
-        response = web.StreamResponse(headers=sse.HEADERS)
+        prompt_tokens = {openai.PROMPT_TOKENS_HEADER: str(reply.prompt_tokens)}
+        response = web.StreamResponse(headers={**sse.HEADERS, **prompt_tokens})
         await response.prepare(request)
         await response.write(sse.comment())  # like a neuron prefilling
 
         async def send(delta: dict[str, Any], finish: str | None = None) -> None:
-            chunk = openai.chat_chunk("chatcmpl-fake", 0, MODEL, 0, delta, finish)
-            if finish and reply.stop_reason:
-                chunk["choices"][0]["stop_reason"] = reply.stop_reason
+            chunk = openai.chat_chunk(
+                "chatcmpl-fake", 0, MODEL, 0, delta, finish, stop_reason=reply.stop_reason
+            )
             await response.write(sse.data(chunk))
 
         await send({"role": "assistant", "content": ""})

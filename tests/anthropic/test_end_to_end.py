@@ -83,13 +83,16 @@ def test_stream_with_thinking(client):
         messages=[{"role": "user", "content": "think, then say hi"}],
         thinking={"type": "enabled", "budget_tokens": 1024},
     ) as stream:
-        kinds = [event.type for event in stream]
+        events = list(stream)
         final = stream.get_final_message()
     assert [b.type for b in final.content] == ["thinking", "text"]
     assert final.content[0].thinking == REASONING and final.content[0].signature == ""
     assert final.content[1].text == REPLY
     assert final.stop_reason == "end_turn"
-    assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
+    assert events[0].type == "message_start" and events[-1].type == "message_stop"
+    # message_start already has the whole prompt's length (the cache split comes at the end).
+    prompt = events[0].message.usage.input_tokens
+    assert prompt == final.usage.input_tokens + final.usage.cache_read_input_tokens > 0
 
 
 def test_tool_result_round_trip(client):
@@ -118,16 +121,19 @@ def test_tool_result_round_trip(client):
 
 
 def test_stop_sequence(client):
-    message = client.messages.create(
-        model=MODEL,
-        max_tokens=200,
-        messages=[{"role": "user", "content": "hi"}],
-        stop_sequences=[" tiny"],
-    )
+    request = {
+        "model": MODEL,
+        "max_tokens": 200,
+        "messages": [{"role": "user", "content": "hi"}],
+        "stop_sequences": ["nope", " tiny"],
+    }
+    message = client.messages.create(**request)
     assert message.content[0].text == "Hello from the"
-    if message.stop_reason != "stop_sequence":
-        pytest.xfail("the neuron does not report which stop string matched (choices[].stop_reason)")
-    assert message.stop_sequence == " tiny"
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", " tiny")
+    with client.messages.stream(**request) as stream:
+        final = stream.get_final_message()
+    assert final.content[0].text == "Hello from the"
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", " tiny")
 
 
 def test_count_tokens_equals_the_neuron(client, stack):

@@ -82,12 +82,15 @@ def test_text_message(client, neuron):
 def test_stream_final_message_and_event_order(client, neuron):
     neuron.replies.append(Reply(content="Streaming works fine.", cached_tokens=100))
     with client.messages.stream(model=MODEL, max_tokens=100, messages=USER) as stream:
-        kinds = [event.type for event in stream]
+        events = list(stream)
         final = stream.get_final_message()
     assert final.content[0].text == "Streaming works fine."
     assert final.stop_reason == "end_turn"
     assert final.usage.cache_read_input_tokens == 100 and final.usage.input_tokens == 20
+    kinds = [event.type for event in events]
     assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
+    # message_start has the prompt length from the neuron's header; the cache split comes last.
+    assert events[0].message.usage.input_tokens == 120
     assert neuron.chats[0]["stream"] is True
 
 
@@ -168,6 +171,12 @@ def test_stop_sequence(client, neuron):
     )
     assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "THREE")
     assert neuron.chats[0]["stop"] == ["THREE"]
+    neuron.replies.append(Reply(content="one two", stop_reason="THREE"))
+    with client.messages.stream(
+        model=MODEL, max_tokens=100, messages=USER, stop_sequences=["THREE"]
+    ) as stream:
+        final = stream.get_final_message()
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "THREE")
 
 
 def test_count_tokens_from_the_neuron(client, neuron):
@@ -232,6 +241,19 @@ def test_errors_map_to_sdk_exceptions(client, neuron):
         client.messages.create(model=MODEL, max_tokens=10, messages=USER)
     assert info.value.body["error"]["type"] == "rate_limit_error"
     assert int(info.value.response.headers["retry-after"]) >= 1
+
+    # The neuron's own Retry-After is passed on, on a 429 and on a 503 (Anthropic's 529).
+    for status, code, error in (
+        (429, "rate_limited", anthropic.RateLimitError),
+        (503, "shutting_down", anthropic.OverloadedError),
+    ):
+        later = Reply(
+            content="later", status=status, error_code=code, headers={"Retry-After": "17"}
+        )
+        neuron.replies.append(later)
+        with pytest.raises(error) as info:
+            client.messages.create(model=MODEL, max_tokens=10, messages=USER)
+        assert info.value.response.headers["retry-after"] == "17"
 
     neuron.replies.append(Reply(content="engine broke", status=500, error_code="engine_error"))
     with pytest.raises(anthropic.InternalServerError) as info:

@@ -112,3 +112,15 @@ def test_out_of_range_params_are_refused() -> None:
     with pytest.raises(InvalidRequest, match="top_p"):
         SamplingParams(top_p=0.0).validate()
     SamplingParams().validate()
+
+
+def test_observe_keeps_penalty_counts_equal_to_a_rebuild() -> None:
+    params = SamplingParams(repetition_penalty=1.3, frequency_penalty=0.5, presence_penalty=0.25)
+    histories, prompt_lens = [[0, 1, 2, 2, 3], [4, 4, 5]], [2, 1]
+    logits = random_logits(2)
+    kept = batch([params, params], histories, prompt_lens)
+    kept.apply_penalties(logits)  # materialises the counts, as the first step does
+    kept.observe(torch.tensor([3, 7]))
+    grown = [histories[0] + [3], histories[1] + [7]]
+    rebuilt = batch([params, params], grown, prompt_lens)
+    assert torch.equal(kept.apply_penalties(logits), rebuilt.apply_penalties(logits))

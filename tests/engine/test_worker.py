@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from pathlib import Path
 
@@ -197,3 +198,13 @@ def test_failing_step_fails_only_that_models_requests(tmp_path, expected):
         assert isinstance(error, EngineFailure) and "injected fault" in error.message
     assert bad_stats.kv_blocks_used == 0
     assert again[0] == expected[0]
+
+
+def test_cpu_threads_follow_omp_num_threads_else_leave_a_core(monkeypatch) -> None:
+    from cortex.neuron.engine.worker import cpu_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert cpu_threads() == max(1, cores - 1)

@@ -46,6 +46,7 @@ class Script:
     refuse: bool = False  # close the connection before any answer
     stall_after: int | None = None  # stop sending (but keep the connection) after N chunks
     status: int | None = None  # answer this error status instead
+    retry_after: str | None = None  # with `status`: the Retry-After header
     endpoint_host: str = "localhost"
 
 
@@ -236,7 +237,10 @@ class FakeNeuron:
             request.transport.close()
             return web.Response()
         if script.status:
-            return self._error(script.status, "fake_error", f"scripted {script.status}")
+            error = self._error(script.status, "fake_error", f"scripted {script.status}")
+            if script.retry_after is not None:
+                error.headers["Retry-After"] = script.retry_after
+            return error
         model = self.models.get(body["model"])
         if model is None or model.state != "loaded":
             return self._error(404, "model_not_found", f"model {body['model']} is not loaded")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from email.utils import formatdate
 
 import orjson
 
@@ -114,6 +116,24 @@ async def test_a_neuron_answering_503_is_retried_elsewhere():
         for _ in range(3):
             async with await g.chat("m1") as r:
                 assert r.status == 200 and r.headers["x-cortex-neuron"] == "b"
+
+
+async def test_the_neurons_retry_after_is_passed_on():
+    a, b = FakeNeuron("a", loaded("m1")), FakeNeuron("b", loaded("m1"))
+    async with fleet(a, b), running(make_config([a, b])) as g:
+        for neuron in (a, b):
+            neuron.script.status, neuron.script.retry_after = 429, "7"
+        async with await g.chat("m1") as r:
+            assert r.status == 429 and r.headers["Retry-After"] == "7"
+        # Every neuron busy: come back when the first of them said it would be free.
+        a.script.status, a.script.retry_after = 503, "12"
+        b.script.status, b.script.retry_after = 503, "3"
+        async with await g.chat("m1") as r:
+            assert r.status == 503 and r.headers["Retry-After"] == "3"
+        # An HTTP date works too.
+        a.script.retry_after = b.script.retry_after = formatdate(time.time() + 30, usegmt=True)
+        async with await g.chat("m1") as r:
+            assert r.status == 503 and 25 <= int(r.headers["Retry-After"]) <= 30
 
 
 async def test_openai_kind_upstream_is_routed_but_never_managed():

@@ -195,13 +195,53 @@ def test_json_object(client: Session) -> None:
     assert isinstance(json.loads(text), dict)
 
 
+def _stream_text_and_end(client: Session, body: dict) -> tuple[str, dict]:
+    """The streamed content and the choice of the chunk that carries the finish_reason."""
+    chunks = [e.json() for e in client.sse("/v1/chat/completions", body) if e.data and not e.done]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    (end,) = [c["choices"][0] for c in chunks if c["choices"][0]["finish_reason"]]
+    assert all("stop_reason" not in c["choices"][0] for c in chunks if c["choices"][0] is not end)
+    return text, end
+
+
 def test_stop_strings(client: Session) -> None:
-    body = {"model": "scripted/qwen3", "messages": HELLO, "stop": [" there"]}
+    body = {"model": "scripted/qwen3", "messages": HELLO, "stop": ["nope", " there"]}
     choice = chat(client, **body)["choices"][0]
     assert choice["message"]["content"] == "Hello"
-    assert choice["finish_reason"] == "stop"
-    chunks = [e.json() for e in client.sse("/v1/chat/completions", body) if e.data and not e.done]
-    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "Hello"
+    assert (choice["finish_reason"], choice["stop_reason"]) == ("stop", " there")
+    text, end = _stream_text_and_end(client, body)
+    assert (text, end["finish_reason"], end["stop_reason"]) == ("Hello", "stop", " there")
+
+
+def test_stop_reason_is_null_at_eos(client: Session) -> None:
+    body = {"model": "scripted/qwen3", "messages": HELLO, "stop": ["nope"]}
+    choice = chat(client, **body)["choices"][0]
+    assert choice["message"]["content"] == "Hello there!"
+    assert (choice["finish_reason"], choice["stop_reason"]) == ("stop", None)
+    assert _stream_text_and_end(client, body)[1]["stop_reason"] is None
+
+
+def test_stop_token_ids(client: Session) -> None:
+    tokenized = client.post("/tokenize", json={"model": "scripted/qwen3", "prompt": " there"})
+    (there,) = tokenized.json()["tokens"]
+    body = {"model": "scripted/qwen3", "messages": HELLO, "stop_token_ids": [there]}
+    choice = chat(client, **body)["choices"][0]
+    assert choice["message"]["content"] == "Hello"
+    assert (choice["finish_reason"], choice["stop_reason"]) == ("stop", there)
+    text, end = _stream_text_and_end(client, body)
+    assert (text, end["stop_reason"]) == ("Hello", there)
+    legacy = client.post(
+        "/v1/completions",
+        json={"model": "scripted/qwen3", "prompt": "\n", "stop_token_ids": [there]},
+    ).json()["choices"][0]
+    assert legacy["text"].endswith("Hello") and legacy["stop_reason"] == there
+
+
+def test_stream_headers_carry_the_prompt_length(client: Session) -> None:
+    body = {"model": "scripted/qwen3", "messages": HELLO, "stream": True, "max_tokens": 1}
+    count = client.post("/tokenize", json={"model": "scripted/qwen3", "messages": HELLO})
+    with client.post("/v1/chat/completions", json=body, stream=True) as answer:
+        assert answer.headers["x-cortex-prompt-tokens"] == str(count.json()["count"])
 
 
 # -- bad input ---------------------------------------------------------------------------------

@@ -10,6 +10,13 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from cortex.neuron.lifecycle import weight_footprint
+from cortex.neuron.models import model_weight_bytes
+from cortex.neuron.models.gguf import load_gguf_model
+from cortex.neuron.registry import ModelLocation
+from tests.conftest import FIXTURES
+from tests.gguf.writer import write_gguf
+from tests.support.checkpoints import make_tiny_checkpoint
 from tests.support.neuron_proc import NeuronProc, Session, start_neuron
 
 NEURON_TOML = """
@@ -217,3 +224,17 @@ def test_metrics_parse(client: Session) -> None:
     assert any(
         s.name.endswith("_bucket") for s in families["neuron_time_to_first_token_seconds"].samples
     )
+
+
+def test_preflight_counts_a_gguf_dequantized(tmp_path: Path) -> None:
+    """A quantized GGUF's preflight weight bytes are what its dequantized weights take once
+    loaded, not its (much smaller) file size."""
+    hf = make_tiny_checkpoint("qwen3", tmp_path / "hf", tokenizer_from=FIXTURES / "qwen3")
+    gguf = write_gguf(hf, tmp_path / "tiny" / "tiny.Q8_0.gguf")
+    location = ModelLocation("tiny", gguf.parent, "gguf", "models_dir")
+    for asked, itemsize in ((None, 4), ("bfloat16", 2)):  # None: fp32 on CPU
+        _, dtype, weights = weight_footprint(location, "cpu", asked)
+        assert dtype.itemsize == itemsize
+        model = load_gguf_model(gguf, "cpu", dtype)
+        assert weights == sum(p.numel() * p.element_size() for p in model.parameters())
+        assert weights == model_weight_bytes(hf, dtype)  # the checkpoint it was made from

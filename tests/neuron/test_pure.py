@@ -35,6 +35,7 @@ def test_parse_chat_fields() -> None:
             "repetition_penalty": 1.1,
             "seed": 3,
             "stop": "END",
+            "stop_token_ids": [5, 9],
             "n": 2,
             "stream": True,
             "stream_options": {"include_usage": True},
@@ -59,6 +60,7 @@ def test_parse_chat_fields() -> None:
         "top_k": 0,
     }
     assert (req.seed, req.stop, req.n, req.stream, req.include_usage) == (3, ["END"], 2, True, True)
+    assert req.stop_token_ids == [5, 9]
     assert req.parse_tools and req.tools
     assert req.template_kwargs == {"enable_thinking": False}
     assert (req.logprobs, req.top_logprobs, req.json_mode) == (True, 2, True)
@@ -88,6 +90,8 @@ def test_tool_choice_none_hides_tools() -> None:
         ({"model": "m", "messages": HELLO, "seed": 1.5}, "seed"),
         ({"model": "m", "messages": HELLO, "max_tokens": True}, "max_tokens"),
         ({"model": "m", "messages": HELLO, "stop": ["a", 1]}, "stop"),
+        ({"model": "m", "messages": HELLO, "stop_token_ids": [1, "a"]}, "stop_token_ids"),
+        ({"model": "m", "messages": HELLO, "stop_token_ids": 3}, "stop_token_ids"),
         ({"model": "m", "messages": HELLO, "tool_choice": 3}, "tool_choice"),
         ({"model": "m", "messages": HELLO, "stream_options": 1}, "stream_options"),
         ({"model": "m", "messages": HELLO, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
@@ -142,8 +146,14 @@ def test_response_shapes() -> None:
         "total_tokens": 5,
         "prompt_tokens_details": {"cached_tokens": 1},
     }
+    assert body["choices"][0]["stop_reason"] is None
     chunk = openai.chat_chunk("id", 1, "m", 0, {"content": "x"})
     assert chunk["object"] == "chat.completion.chunk" and chunk["choices"][0]["logprobs"] is None
+    assert "stop_reason" not in chunk["choices"][0]  # only with a finish_reason
+    final = openai.chat_chunk("id", 1, "m", 0, {}, "stop", stop_reason="END")
+    assert final["choices"][0]["stop_reason"] == "END"
+    final = openai.completion_chunk("id", 1, "m", 0, "", "stop", stop_reason=7)
+    assert final["choices"][0]["stop_reason"] == 7
     entry = openai.logprob_entry("é", -0.5, [("a", -1.0)])
     assert entry["bytes"] == [195, 169]
     legacy = openai.completion_logprobs([entry, entry], offset=2)

@@ -19,12 +19,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.conftest import ROOT, free_port
+from tests.support.neuron_proc import healthy
 
 START_TIMEOUT = 60.0
 
@@ -56,14 +55,6 @@ class GatewayProc:
         if self._log_file is not None:
             self._log_file.close()
         return code
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def start_gateway(
@@ -108,7 +99,7 @@ def start_gateway(
         if proc.poll() is not None:
             log_file.close()
             raise RuntimeError(f"gateway exited with {proc.returncode}:\n{gateway.log()[-4000:]}")
-        if _answers(gateway.url):
+        if healthy(gateway.url):
             return gateway
         time.sleep(0.05)
     gateway.stop(5)

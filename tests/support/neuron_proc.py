@@ -111,7 +111,8 @@ def sse_events(response: requests.Response) -> Iterator[SSEEvent]:
         yield from parser.feed(chunk)
 
 
-def _healthy(url: str) -> bool:
+def healthy(url: str) -> bool:
+    """Whether a cortex server at `url` answers `GET /health` with 200."""
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
             return response.status == 200
@@ -152,7 +153,7 @@ def start_neuron(
         if proc.poll() is not None:
             log_file.close()
             raise RuntimeError(f"neuron exited with {proc.returncode}:\n{neuron.log()[-4000:]}")
-        if _healthy(url):
+        if healthy(url):
             return neuron
         time.sleep(0.1)
     neuron.stop(5)

@@ -16,6 +16,7 @@ ends with `<|im_end|>` (EOS).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import FIXTURES
 from tests.support.checkpoints import make_tiny_checkpoint
@@ -56,8 +57,11 @@ def _segment(hf, text: str, used: set[int]) -> list[int]:
     return found
 
 
-def make_scripted_checkpoint(path: Path, scripts: dict[str, str], hidden_size: int = 64) -> Path:
-    """Write the scripted model to `path` (tokenizer files from the Qwen3 fixture)."""
+def make_scripted_checkpoint(
+    path: Path, scripts: dict[str, str], hidden_size: int = 64, **overrides: Any
+) -> Path:
+    """Write the scripted model to `path` (tokenizer files from the Qwen3 fixture);
+    `overrides` go to the config (e.g. `max_position_embeddings`, smaller attention)."""
     import tokenizers
     import torch
     from safetensors.torch import load_file, save_file
@@ -80,8 +84,8 @@ def make_scripted_checkpoint(path: Path, scripts: dict[str, str], hidden_size: i
         path,
         tokenizer_from=QWEN3,
         tie_word_embeddings=False,
-        num_hidden_layers=1,
         hidden_size=hidden_size,
+        **{"num_hidden_layers": 1, **overrides},
     )
     weights_file = path / "model.safetensors"
     weights = load_file(str(weights_file))

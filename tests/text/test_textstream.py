@@ -53,18 +53,37 @@ def output(tok, text):
 def test_stop_strings_cut_exactly(qwen, seed):
     prompt = qwen.encode_chat(USER)
     text = "Hello world 🙂, this is the END of it. END again"
-    for stops, expected in [
-        (["END"], "Hello world 🙂, this is the "),
-        (["o wor"], "Hell"),  # across a token boundary
-        (["🙂,"], "Hello world "),  # across a multi-byte character's tokens
-        (["is the E", "world"], "Hello "),  # the earliest match wins
-        (["Hello"], ""),
-        (["NOPE", "it. EN!"], text),  # a started stop string that never completes is text
+    for stops, expected, matched in [
+        (["END"], "Hello world 🙂, this is the ", "END"),
+        (["o wor"], "Hell", "o wor"),  # across a token boundary
+        (["🙂,"], "Hello world ", "🙂,"),  # across a multi-byte character's tokens
+        (["is the E", "world"], "Hello ", "world"),  # the earliest match wins
+        (["Hello"], "", "Hello"),
+        (["NOPE", "it. EN!"], text, None),  # a started stop string that never completes is text
     ]:
         stream, deltas = run(qwen, prompt, output(qwen, text), seed=seed, stop=stops)
         assert stream.result().content == expected, stops
         assert stream.stopped == (expected != text)
+        assert stream.stop_reason == matched
         assert all(d.kind == "content" for d in deltas)
+
+
+@pytest.mark.parametrize("seed", [None, 1])
+def test_stop_token_ids(qwen, seed):
+    ids = qwen.encode("one two three four", add_special_tokens=False)
+    three = qwen.encode(" three", add_special_tokens=False)
+    assert len(three) == 1 and three[0] in ids
+    eos = qwen.eos_token_ids[0]
+    # The stop token ends the answer, is not text, and is reported; text held back before it
+    # (a stop string's possible beginning) is released.
+    stream, _ = run(qwen, [], ids, seed=seed, stop=[" two!"], stop_token_ids=three)
+    assert (stream.result().content, stream.stop_reason) == ("one two", three[0])
+    # EOS ends it with no stop reason, even when the request lists it as a stop token.
+    stream, _ = run(qwen, [], output(qwen, "one"), seed=seed, stop_token_ids=[eos])
+    assert (stream.result().content, stream.stop_reason) == ("one", None)
+    # A stop string that matches before the stop token comes is the reason.
+    stream, _ = run(qwen, [], ids, seed=seed, stop=["two"], stop_token_ids=three)
+    assert (stream.result().content, stream.stop_reason) == ("one ", "two")
 
 
 def test_stop_never_leaks_while_pending(qwen):
@@ -84,6 +103,9 @@ def test_stop_matcher_holds_only_a_possible_beginning():
     assert matcher.feed("nx") == "<en"
     assert matcher.feed("y") == ""
     assert matcher.finish() == "xy"
+    assert matcher.matched is None and not matcher.stopped
+    assert matcher.feed("a xyz b <end>") == "a "
+    assert matcher.matched == "xyz" and matcher.stopped
 
 
 @pytest.mark.parametrize("seed", [None, 5])

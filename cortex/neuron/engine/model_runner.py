@@ -1,9 +1,13 @@
 """Runs one scheduled batch on the device: inputs, forward, logits, sampling.
 
 The runner owns the model's paged KV cache. A step builds its flat token batch and
-`AttentionMetadata` with a few vectorised tensor ops on the host, copies them over, runs the
+`AttentionMetadata` on the host (one small tensor per field), copies them over, runs the
 model, and samples on the device; the only host sync is reading the sampled ids back. Decode
 steps keep static shapes per batch size, so `cuda_graph.DecodeGraphs` can replay them.
+
+Per-step host work is kept small because it dominates small models (a 260K-parameter model
+decodes a token in about a millisecond): decode inputs come straight from Python ints, and
+the SamplingBatch is reused while the same sequences sample (see `_sampling_batch`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from cortex.errors import InsufficientMemory
 from cortex.neuron.attention import AttentionMetadata, KVCache
 from cortex.neuron.engine.config import EngineConfig
 from cortex.neuron.engine.scheduler import ScheduledBatch
+from cortex.neuron.engine.sequence import Sequence
 from cortex.neuron.sampling import Sampler, SamplingBatch, make_generator
 
 log = logging.getLogger(__name__)
@@ -81,6 +86,8 @@ class ModelRunner:
         model.bind_kv_cache(self.kv_cache)
         self.sampler = Sampler()
         self._generators: dict[int, torch.Generator] = {}
+        # (seq ids, batch) of the last step's sampling settings; see `_sampling_batch`.
+        self._sampling: tuple[tuple[int, ...], SamplingBatch] | None = None
         self.graphs = None
         if config.cuda_graphs and self.device.type == "cuda":
             self.graphs = self._capture_graphs(config.max_batch)
@@ -110,6 +117,7 @@ class ModelRunner:
         self.graphs = None
         self.kv_cache = None
         self._generators.clear()
+        self._sampling = None
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> SampledTokens:
@@ -121,9 +129,23 @@ class ModelRunner:
             hidden = self.model(input_ids, positions, attn)
         if not batch.sampling:
             return SampledTokens([])
-        rows = hidden if batch.is_decode else hidden[last_rows]
+        rows = hidden if last_rows is None else hidden[last_rows]
         logits = self.model.compute_logits(rows)
-        seqs = batch.sampling
+        sampling = self._sampling_batch(batch.sampling)
+        result = self.sampler.sample(logits, sampling)
+        sampling.observe(result.token_ids)  # penalty counts follow the histories
+        return self._to_host(result, [s.params for s in batch.sampling])
+
+    def _sampling_batch(self, seqs: list[Sequence]) -> SamplingBatch:
+        """The step's SamplingBatch, reused while the same sequences sample.
+
+        A sequence's params and generator never change and the batch's penalty counts are
+        updated with every sampled token (`observe`), so only a change of the batch's members
+        needs a rebuild (which re-reads the histories when penalties are on).
+        """
+        key = tuple(s.seq_id for s in seqs)
+        if self._sampling is not None and self._sampling[0] == key:
+            return self._sampling[1]
         sampling = SamplingBatch.build(
             [s.params for s in seqs],
             [s.token_ids for s in seqs],
@@ -131,39 +153,52 @@ class ModelRunner:
             self.device,
             prompt_lens=[s.num_prompt_tokens for s in seqs],
         )
-        result = self.sampler.sample(logits, sampling)
-        return self._to_host(result, [s.params for s in seqs])
+        self._sampling = (key, sampling)
+        return sampling
 
     def prepare(
         self, batch: ScheduledBatch
-    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor | None]:
         """Device inputs for a batch: ids [T], positions [T], metadata, last-token rows [N].
 
-        Block tables are padded with the scratch block to the widest table in the batch.
+        Block tables are padded with the scratch block to the widest table in the batch. A
+        decode step (one token per sequence, all of them sampling) is built with plain Python
+        over its few sequences and one tensor per field; its last-token rows are None (every
+        row samples). A prefill step is built with vectorised ops over its many tokens.
         """
         seqs = batch.seqs
         bs = self.block_size
-        starts = [s.num_computed for s in seqs]
-        lens = [s.num_scheduled for s in seqs]
-        ctx = [a + n for a, n in zip(starts, lens, strict=True)]
-        qsl = [0, *itertools.accumulate(lens)]
-        ids = list(itertools.chain.from_iterable(
-            s.token_ids[a : a + n] for s, a, n in zip(seqs, starts, lens, strict=True)
-        ))  # fmt: skip
         width = max(len(s.block_table) for s in seqs)
-        pad = self.scratch_block
-        tables = torch.tensor([s.block_table + [pad] * (width - len(s.block_table)) for s in seqs])
-        row = torch.arange(len(seqs))  # the sequence of each token
-        if not batch.is_decode:
-            row = row.repeat_interleave(torch.tensor(lens))
-        positions = torch.arange(qsl[-1]) + (torch.tensor(starts) - torch.tensor(qsl[:-1]))[row]
-        slots = tables[row, positions // bs] * bs + positions % bs
-        last_rows = torch.tensor(
-            [qsl[i + 1] - 1 for i, s in enumerate(seqs) if s.samples_this_step]
-        )
+        pad = [self.scratch_block] * width
+        tables = torch.tensor(
+            [s.block_table + pad[len(s.block_table) :] for s in seqs], dtype=torch.int32
+        )  # [B, width]
+        starts = [s.num_computed for s in seqs]
+        if batch.is_decode:
+            ctx = [a + 1 for a in starts]
+            qsl = list(range(len(seqs) + 1))
+            ids = torch.tensor([s.token_ids[-1] for s in seqs])
+            positions = torch.tensor(starts)
+            slots = torch.tensor(
+                [s.block_table[a // bs] * bs + a % bs for s, a in zip(seqs, starts, strict=True)]
+            )
+            last_rows = None
+        else:
+            lens = [s.num_scheduled for s in seqs]
+            ctx = [a + n for a, n in zip(starts, lens, strict=True)]
+            qsl = [0, *itertools.accumulate(lens)]
+            ids = torch.tensor(list(itertools.chain.from_iterable(
+                s.token_ids[a : a + n] for s, a, n in zip(seqs, starts, lens, strict=True)
+            )))  # fmt: skip
+            row = torch.arange(len(seqs)).repeat_interleave(torch.tensor(lens))  # seq of a token
+            positions = torch.arange(qsl[-1]) + (torch.tensor(starts) - torch.tensor(qsl[:-1]))[row]
+            slots = tables[row, positions // bs].long() * bs + positions % bs
+            last_rows = self._put(
+                torch.tensor([qsl[i + 1] - 1 for i, s in enumerate(seqs) if s.samples_this_step])
+            )
         attn = AttentionMetadata(
             slot_mapping=self._put(slots),
-            block_tables=self._put(tables.int()),
+            block_tables=self._put(tables),
             context_lens=self._put(torch.tensor(ctx, dtype=torch.int32)),
             query_start_loc=self._put(torch.tensor(qsl, dtype=torch.int32)),
             is_decode=batch.is_decode,
@@ -171,8 +206,7 @@ class ModelRunner:
             query_start_loc_host=qsl,
             context_lens_host=ctx,
         )
-        input_ids = self._put(torch.tensor(ids, dtype=torch.long))
-        return input_ids, self._put(positions), attn, self._put(last_rows)
+        return self._put(ids), self._put(positions), attn, last_rows
 
     def _put(self, t: torch.Tensor) -> torch.Tensor:
         # Small host tensors: an asynchronous copy from pageable memory needs no device sync.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import queue
 import threading
 import time
@@ -48,6 +49,22 @@ class _Loaded:
     engine: LLMEngine
     info: LoadedInfo
     handles: dict[int, RequestHandle] = field(default_factory=dict)
+
+
+def cpu_threads() -> int:
+    """Intra-op threads for a CPU worker: `OMP_NUM_THREADS` if set, else usable cores - 1.
+
+    One core stays free for the event loop (HTTP, tokenizing, streaming): an intra-op pool
+    as wide as the machine has its threads descheduled by that work, and every kernel then
+    waits for its slowest thread. On a 2-core machine this means one thread, which is also
+    what small models decode fastest with.
+    """
+    configured = os.environ.get("OMP_NUM_THREADS", "")
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
+    if hasattr(os, "sched_getaffinity"):  # Linux: the cores this process may run on
+        return max(1, len(os.sched_getaffinity(0)) - 1)
+    return max(1, (os.cpu_count() or 1) - 1)
 
 
 def thread_name(device: torch.device) -> str:
@@ -209,6 +226,8 @@ class DeviceWorker:
     # The device thread
 
     def _run(self) -> None:
+        if self.device.type == "cpu":
+            torch.set_num_threads(cpu_threads())
         while not self._stop:
             busy = any(m.engine.has_work for m in self._models.values())
             try:

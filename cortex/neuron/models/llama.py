@@ -25,6 +25,7 @@ from cortex.neuron.attention import (
     decode_attention,
     prefill_attention,
     store_kv,
+    with_decode_inputs,
 )
 from cortex.neuron.models.config import ModelConfig
 from cortex.neuron.models.rope import Rotary, apply_rope
@@ -39,7 +40,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)  # one fused kernel
+        if x.dtype == torch.float32:  # nothing to cast: one fused kernel, weight included
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return self.weight * normed.to(x.dtype)
 
 
@@ -138,6 +141,7 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
         # Set by init_rope on the real device; fp32, kept out of `.to(dtype)`.
         self.rotary: Rotary | None = None
+        self.kv_block_size = 0  # set by bind_kv_cache
 
     @property
     def dtype(self) -> torch.dtype:
@@ -153,6 +157,7 @@ class LlamaForCausalLM(nn.Module):
 
     def bind_kv_cache(self, cache: KVCache | None) -> None:
         """Point every layer at its K/V block pool (None unbinds)."""
+        self.kv_block_size = cache.block_size if cache is not None else 0
         for i, layer in enumerate(self.model.layers):
             layer.self_attn.k_cache = cache.k[i] if cache is not None else None
             layer.self_attn.v_cache = cache.v[i] if cache is not None else None
@@ -162,7 +167,11 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """input_ids, positions [T] (flat packed batch) -> final hidden states [T, hidden]."""
         assert self.rotary is not None, "init_rope() first"
-        cos, sin = self.rotary.cos_sin(positions, self.dtype)  # [T, 1, D/2] each
+        if attn.is_decode:  # the block index and key mask, once for all layers
+            attn = with_decode_inputs(
+                attn, self.kv_block_size, self.config.sliding_window, self.dtype
+            )
+        cos, sin = self.rotary.cos_sin(positions, self.dtype)  # [T, 1, D] each
         x = self.model.embed_tokens(input_ids)  # [T, hidden]
         for layer in self.model.layers:
             x = layer(x, cos, sin, attn)

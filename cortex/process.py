@@ -1,0 +1,36 @@
+"""What both server processes set up the same way: logging and the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def setup_logging() -> None:
+    """Server logs: to stderr, level from `$CORTEX_LOG_LEVEL` (default INFO)."""
+    level = os.environ.get("CORTEX_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run a server's main coroutine, on uvloop where it is installed.
+
+    uvloop cuts the gateway's CPU per proxied request by about a fifth (bench/gateway.py:
+    ~350 -> ~280 us, 1.7k -> 2.0k non-streaming req/s on 2 cores); the stdlib loop still works.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
