@@ -30,6 +30,7 @@ ROUTES = [
     web.get("/models", lifecycle_routes.list_models),
     web.post("/models/load", lifecycle_routes.load),
     web.post("/models/unload", lifecycle_routes.unload),
+    web.post("/memory/release", lifecycle_routes.release_memory),
     web.get("/models/{id:.+}/endpoint", lifecycle_routes.endpoint),
     web.post("/tokenize", lifecycle_routes.tokenize),
     web.get("/metrics", lifecycle_routes.metrics),

@@ -207,6 +207,14 @@ class ModelManager:
         await model.worker.unload(model_id)
         log.info("unloaded model=%s device=%s", model_id, model.device)
 
+    async def release_memory(self) -> int:
+        """Drop every device's cached allocator memory (the gateway's defrag); bytes released."""
+        released = 0
+        for worker in self.workers.values():
+            released += await worker.release_memory()
+        log.info("released %d bytes of cached device memory", released)
+        return released
+
     async def unload_all(self) -> None:
         """Unload every model (shutdown)."""
         for model_id in list(self.models):

@@ -159,6 +159,13 @@ async def unload(request: web.Request) -> web.Response:
     return json_response({"model": model_id, "state": "unloaded"})
 
 
+async def release_memory(request: web.Request) -> web.Response:
+    """`POST /memory/release`: return cached allocator memory to the devices (used by the
+    gateway's defrag, see cortex/gateway/neuron_client.py); `{"released_bytes": N}`."""
+    released = await request.app[STATE].manager.release_memory()
+    return json_response({"released_bytes": released})
+
+
 async def endpoint(request: web.Request) -> web.Response:
     """`GET /models/{id}/endpoint`: the base URL serving `/v1/...` for that model."""
     state = request.app[STATE]

@@ -55,6 +55,7 @@ def test_preload_and_health_without_token(neuron: NeuronProc) -> None:
         ("POST", "/v1/completions"),
         ("POST", "/models/load"),
         ("GET", "/models/stories260k/endpoint"),
+        ("POST", "/memory/release"),
     ],
 )
 def test_token_required(neuron: NeuronProc, method: str, path: str) -> None:

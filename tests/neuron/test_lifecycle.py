@@ -65,6 +65,13 @@ def test_health(client: Session) -> None:
     assert device["name"]
 
 
+def test_memory_release_answers_the_bytes_released(client: Session) -> None:
+    # The gateway's defrag calls this; a CPU device has no allocator cache to release.
+    response = client.post("/memory/release", json={})
+    assert response.status_code == 200
+    assert response.json() == {"released_bytes": 0}
+
+
 def test_models_lists_disk_and_hf_cache(client: Session) -> None:
     data = {m["id"]: m for m in client.get("/models").json()["data"]}
     for model_id in ("stories260k", "tiny/qwen3", "scripted/qwen3", "Test/Stories", "huge/llama"):

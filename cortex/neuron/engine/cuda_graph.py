@@ -5,10 +5,15 @@ padded to the longest context, context lengths) and the graphs share one memory 
 copies its inputs into the first `n` rows, pads the rest of the bucket with rows that write
 to the runner's scratch block, replays, and returns the first `n` rows of the output. Sampling
 runs after the graph on the same stream, so nothing here syncs with the host.
+
+Captures run on one side stream per device, shared by every capture in the process: cuBLAS
+keeps a workspace for each stream it has run on, which `torch.cuda.empty_cache` does not
+free, so a new stream per capture would grow device memory with every model load.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING
 
@@ -23,11 +28,18 @@ log = logging.getLogger(__name__)
 
 
 def batch_buckets(max_batch: int) -> list[int]:
-    """1, 2, 4, 8, 16, 32, ... below `max_batch`, then `max_batch` itself."""
+    """1, 2, 4, 8, then steps of 8 up to 32 and of 16 beyond, below `max_batch`, then
+    `max_batch` itself: 1, 2, 4, 8, 16, 24, 32, 48, 64, ... (a batch pads to the next one)."""
     sizes = [1, 2, 4, 8]
     while sizes[-1] < max_batch:
         sizes.append(sizes[-1] + (8 if sizes[-1] < 32 else 16))
     return sorted({s for s in sizes if s < max_batch} | {max_batch})
+
+
+@functools.cache
+def capture_stream(device: torch.device) -> torch.cuda.Stream:
+    """The side stream every decode graph on `device` is warmed up and captured on."""
+    return torch.cuda.Stream(device)
 
 
 class DecodeGraphs:
@@ -68,7 +80,7 @@ class DecodeGraphs:
     @torch.inference_mode()
     def _capture(self, b: int, pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         attn = self._metadata(b)
-        stream = torch.cuda.Stream()
+        stream = capture_stream(self.input_ids.device)
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):  # warm up kernels and workspaces outside the capture

@@ -162,6 +162,11 @@ class DeviceWorker:
             raise ModelNotFound(f"model {model_id!r} is not loaded on {self.device}")
         return self._stats.get(model_id, EngineStats())
 
+    async def release_memory(self) -> int:
+        """Return the allocator's cached, unused memory to the device; the bytes released."""
+        self._check_open()
+        return await self._call(self._release_memory)
+
     def memory(self) -> tuple[int, int]:
         """(total_bytes, free_bytes) of the device (host RAM for the CPU)."""
         if self.device.type == "cuda":
@@ -355,10 +360,13 @@ class DeviceWorker:
         loaded.engine.abort(seq)
         self._publish(handle.model_id, loaded)
 
-    def _release_memory(self) -> None:
+    def _release_memory(self) -> int:
         gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        if self.device.type != "cuda":
+            return 0
+        reserved = torch.cuda.memory_reserved(self.device)
+        torch.cuda.empty_cache()
+        return reserved - torch.cuda.memory_reserved(self.device)
 
 
 def _host_memory() -> tuple[int, int]:
