@@ -194,7 +194,15 @@ def describe(location: ModelLocation) -> dict[str, Any]:
     """`arch`, `params`, `bytes`, `max_context` for `/models` (None where unknown)."""
     info: dict[str, Any] = {"arch": None, "params": None, "bytes": None, "max_context": None}
     if location.format == "gguf":
-        return info | gguf_summary(location.path)
+        summary = gguf_summary(location.path)
+        if summary:
+            # Weights are dequantized at load: count them as a GPU holds them (bf16), not the
+            # quantized file (4-8x smaller), so the gateway's first memory estimate is close.
+            from cortex.neuron.models import model_weight_bytes
+
+            summary["file_bytes"] = summary["bytes"]
+            summary["bytes"] = model_weight_bytes(location.path, "bfloat16")
+        return info | summary
     try:
         config = json.loads((location.path / "config.json").read_text(encoding="utf-8"))
         from cortex.neuron.models import model_weight_bytes

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cortex.neuron.lifecycle import weight_footprint
 from cortex.neuron.models import model_weight_bytes
 from cortex.neuron.models.gguf import load_gguf_model
-from cortex.neuron.registry import ModelLocation
+from cortex.neuron.registry import ModelLocation, describe
 from tests.conftest import FIXTURES
 from tests.gguf.writer import write_gguf
 from tests.support.checkpoints import make_tiny_checkpoint
@@ -245,3 +245,8 @@ def test_preflight_counts_a_gguf_dequantized(tmp_path: Path) -> None:
         model = load_gguf_model(gguf, "cpu", dtype)
         assert weights == sum(p.numel() * p.element_size() for p in model.parameters())
         assert weights == model_weight_bytes(hf, dtype)  # the checkpoint it was made from
+    # `/models` lists it with its quantization and the bf16 size, the file size beside.
+    listed = describe(location)
+    assert listed["format"] == "gguf" and listed["quantization"] == "Q8_0"
+    assert listed["bytes"] == model_weight_bytes(hf, "bfloat16")
+    assert listed["file_bytes"] == gguf.stat().st_size < listed["bytes"]
