@@ -1,29 +1,25 @@
 """GPU decode benchmark (issue 4): cortex's engine vs HF transformers, same weights, same run.
 
-For each model shape, random bf16 weights are made directly on the device: transformers builds
-its model from the config there (its own random init), and cortex's `CausalLM` copies those
-tensors by name through its strict `load_weights`, so both sides run the very same weights and
-nothing goes through disk (the 8B would need 16 GB of it). Both sides are measured in the same
-process, one after the other, and each model is freed before the next is built.
+Per model shape, transformers builds a random-weight model on the device (its own init, in
+`--dtype`) and cortex's `CausalLM` copies those tensors by name through its strict
+`load_weights`: both sides run the same weights and nothing touches disk. The sides are measured
+one after the other in one process; each model is freed before the next. For each side:
 
-Figures, for each side (decode rates as in bench/decoder_cpu.py: (N - 1) / (time for N tokens -
-time for 1 token), so prefill is left out; every timing the best of `--repeats`):
+- batch-1 greedy decode tok/s from a `--decode-prompt`-token prompt, as in bench/decoder_cpu.py:
+  (N - 1) / (time for N tokens - time for 1 token), so prefill is left out;
+- its fraction of the roofline: weight bytes one decode step reads (every parameter once, of an
+  untied embedding table one row) over the copy bandwidth measured at the start (a large
+  device-to-device `tensor.copy_`, bytes read plus bytes written per second);
+- TTFT: time to the first token of one `--prompt`-token (2,000) prompt;
+- aggregate decode tok/s at `--batches` (8, 32) concurrent sequences.
 
-- batch-1 greedy decode tok/s (a `--decode-prompt`-token prompt);
-- its fraction of the roofline: the bytes of weights one decode step reads (every parameter once;
-  of an untied embedding table only one row) over the device-to-device copy bandwidth measured at
-  the start of the run (a large `tensor.copy_`, bytes read plus bytes written per second);
-- TTFT: time to the first token of a `--prompt`-token (2,000) prompt, alone;
-- aggregate decode tok/s at each of `--batches` (8, 32) concurrent sequences;
-- for transformers: `generate` with a static KV cache, which on CUDA makes it compile the decode
-  step (torch.compile, mode reduce-overhead); if that raises, plain `generate` for the rest of
-  that model, noted in the table.
-
-Ratios are cortex over transformers (for TTFT: transformers' time over cortex's), so above 1 means
-cortex is faster. The engine runs with prefix caching off (repeated prompts would hit it) and a
-max context of `--prompt` + `--tokens` unless `--max-context` says otherwise; transformers' static
-cache gets the same length. Both attend over that whole length at every CUDA-graph / compiled
-decode step, so the decode figures depend on it: say which one you ran with.
+Every timing is the best of `--repeats`. transformers runs `generate` with a static cache, which on
+CUDA compiles its decode step (torch.compile, reduce-overhead); if that raises, plain `generate`
+for the rest of that model, noted in the table. Ratios are cortex over transformers (TTFT:
+transformers' time over cortex's): above 1, cortex is faster. The engine runs without prefix
+caching (repeated prompts would hit it) and with max context `--prompt` + `--tokens` (or
+`--max-context`); transformers' static cache gets the same length. Both attend over all of it
+at each graph-replayed / compiled decode step, so decode figures depend on it.
 
 Issue-4 targets (full-depth models in bf16 on one H100; the script checks them at the end):
 - Qwen3-8B batch-1 decode >= 75% of the roofline;
@@ -31,15 +27,32 @@ Issue-4 targets (full-depth models in bf16 on one H100; the script checks them a
 - Qwen3-0.6B batch-32 throughput >= 15x its batch-1 rate;
 - every figure (batch-1, TTFT, batch 8, batch 32) >= 1.5x transformers' in the same run.
 
-What a GPU session runs, from the repository root with the venv active (each command well under
-the 10-minute limit of one device call; transformers' compiles take most of the time):
+What a GPU session runs. The device machine (see /work/.library/device) has torch, transformers,
+aiohttp, typer, tokenizers, safetensors, jinja2, pytest and requests, but not orjson,
+platformdirs or gguf, and `../shared` does not travel. So first, here, from the repository root
+(`.whl/` is git-ignored):
 
+    mkdir -p .whl/fixtures/qwen3 .whl/fixtures/llama3.2
+    cp -r ../shared/fixtures/stories260k .whl/fixtures/
+    cp ../shared/fixtures/qwen3/config.json .whl/fixtures/qwen3/
+    cp ../shared/fixtures/llama3.2/config.json .whl/fixtures/llama3.2/
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_17_x86_64 -d .whl \
+        orjson==3.13.0 platformdirs==4.14.7 gguf==0.19.0
+
+then one device call with `carry: [".whl"]` and this command (tests, then the smallest model):
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+    mkdir -p ../shared && cp -r .whl/fixtures ../shared/ || exit 1
     nvidia-smi
-    pytest -q -m gpu tests/gpu tests/engine/test_cuda_graph.py
-    python bench/decode_gpu.py --models qwen3-0.6b
-    python bench/decode_gpu.py --models llama-3.2-1b
-    python bench/decode_gpu.py --models qwen3-8b
-    python bench/decode_gpu.py --models qwen3-0.6b --sides cortex   # quick loop while tuning
+    python3 -m pytest -q tests/gpu tests/engine/test_cuda_graph.py 2>&1 | tee $OUT/pytest.log
+    python3 bench/decode_gpu.py --models qwen3-0.6b 2>&1 | tee $OUT/bench-qwen3-0.6b.log
+
+and, each in its own call with the same first three lines (one call may run 10 minutes;
+transformers' compiles take most of it), `--models llama-3.2-1b`, then `--models qwen3-8b`.
+`--sides cortex` skips transformers for a quick loop while tuning.
 
 CPU smoke test (two layers, a few tokens; proves the script runs end to end, numbers mean
 nothing): `python bench/decode_gpu.py --device cpu --layers 2 --models qwen3-0.6b --tokens 8`.
@@ -201,8 +214,12 @@ class TransformersGenerate:
     """HF `generate` with a static cache; after a failure, plain `generate` (noted)."""
 
     def __init__(self, model: torch.nn.Module, max_context: int) -> None:
+        from transformers import GenerationConfig
+
         self.model = model
-        self.static = {"cache_implementation": "static", "max_cache_len": max_context}
+        self.static: dict = {"cache_implementation": "static"}
+        if hasattr(GenerationConfig(), "max_cache_len"):  # newer transformers: same length as ours
+            self.static["max_cache_len"] = max_context
         compiled = model.device.type == "cuda"
         self.note = "static cache + torch.compile" if compiled else "static cache"
 
@@ -260,17 +277,21 @@ def bench_model(name: str, run: Run) -> None:
     vocab = config["vocab_size"]
     results: dict[str, Figures] = {}
     if "cortex" in run.sides:
+        start = time.perf_counter()
         generate, close = cortex_generate(ours, run)
         results["cortex"] = measure_side(generate, run, vocab)
         close()
         del generate, close
+        print(f"  cortex measured in {time.perf_counter() - start:.0f}s")
     del ours
     release(run.device)
     if "transformers" in run.sides:
+        start = time.perf_counter()
         side = TransformersGenerate(hf, run.max_context)
         results["transformers"] = measure_side(side, run, vocab)
         results["transformers"].note = side.note
         del side
+        print(f"  transformers measured in {time.perf_counter() - start:.0f}s")
     del hf
     if run.device.type == "cuda":
         print(f"  peak device memory {torch.cuda.max_memory_allocated(run.device) / 2**30:.1f} GiB")
