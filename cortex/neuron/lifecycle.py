@@ -31,6 +31,7 @@ from cortex.errors import (
 from cortex.neuron import devices
 from cortex.neuron.metrics import NeuronMetrics
 from cortex.neuron.registry import ModelLocation, ModelRegistry, check_id
+from cortex.neuron.tokenizer import load_tokenizer
 
 log = logging.getLogger("cortex.neuron")
 
@@ -147,7 +148,7 @@ class ModelManager:
         self, location: ModelLocation, device: str, dtype: str | None, max_context: int | None
     ) -> LoadedModel:
         arch = await asyncio.to_thread(self._preflight, location, device, dtype, max_context)
-        tokenizer = await asyncio.to_thread(_load_tokenizer, location)
+        tokenizer = await asyncio.to_thread(load_tokenizer, location.path)
         defaults = _generation_defaults(location)
         worker = self.workers[device]
         info = await worker.load(location.id, location.path, dtype, max_context)
@@ -243,16 +244,6 @@ def weight_footprint(
         config = ModelConfig.from_dir(location.path)
         run_dtype = resolve_dtype(config, device, dtype)
     return config, run_dtype, model_weight_bytes(location.path, run_dtype)
-
-
-def _load_tokenizer(location: ModelLocation) -> Any:
-    if location.format == "gguf":
-        from cortex.neuron.gguf_tokenizer import tokenizer_from_gguf
-
-        return tokenizer_from_gguf(location.path)
-    from cortex.neuron.tokenizer import Tokenizer
-
-    return Tokenizer.from_dir(location.path)
 
 
 def _generation_defaults(location: ModelLocation) -> dict[str, Any]:

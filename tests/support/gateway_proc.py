@@ -14,7 +14,6 @@ The child's stderr goes to a file (`proc.log()`); a gateway that exits before an
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.conftest import ROOT, free_port
-from tests.support.neuron_proc import healthy
+from tests.support.neuron_proc import healthy, stop_process
 
 START_TIMEOUT = 60.0
 
@@ -45,16 +44,7 @@ class GatewayProc:
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM and wait; SIGKILL if it does not exit in `timeout` seconds."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        if self._log_file is not None:
-            self._log_file.close()
-        return code
+        return stop_process(self.proc, self._log_file, timeout)
 
 
 def start_gateway(

@@ -24,6 +24,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,6 +33,20 @@ from cortex.api.sse import SSEEvent, SSEParser
 from tests.conftest import ROOT, free_port
 
 START_TIMEOUT = 120.0
+
+
+def stop_process(proc: subprocess.Popen, log_file: Any, timeout: float) -> int:
+    """SIGTERM a server process and wait; SIGKILL it past `timeout` seconds; close its log."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = proc.wait()
+    if log_file is not None:
+        log_file.close()
+    return code
 
 
 @dataclass
@@ -59,15 +74,7 @@ class NeuronProc:
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM and wait; SIGKILL if it does not exit in `timeout` seconds."""
-        self.terminate()
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        if self._log_file is not None:
-            self._log_file.close()
-        return code
+        return stop_process(self.proc, self._log_file, timeout)
 
 
 class Session(requests.Session):
