@@ -382,6 +382,8 @@ def main() -> None:
     parser.add_argument("--copy-mib", type=int, default=0, help="0: 2048 on CUDA, 256 on CPU")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("no CUDA device here; run it on a GPU host, or try --device cpu --layers 2")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", 0)
     run = Run(
