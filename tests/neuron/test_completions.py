@@ -87,9 +87,16 @@ def test_prompt_over_context(client: Session) -> None:
 def test_prefix_cache_reports_cached_tokens(client: Session) -> None:
     prompt = "Once upon a time there was a little dog who liked to run in the big green park. " * 3
     body = {"model": "stories260k", "prompt": prompt, "max_tokens": 2}
+    hits = client.metric("neuron_prefix_cache_hits_total", "stories260k")
     client.post("/v1/completions", json=body)
+    prompts = client.metric("neuron_prompt_tokens_total", "stories260k")
     usage = client.post("/v1/completions", json=body).json()["usage"]
-    assert usage["prompt_tokens_details"]["cached_tokens"] >= 16
+    cached = usage["prompt_tokens_details"]["cached_tokens"]
+    assert cached >= 16
+    # The metrics count the same reuse, and every prompt token of the request.
+    assert client.metric("neuron_prefix_cache_hits_total", "stories260k") - hits == cached
+    counted = client.metric("neuron_prompt_tokens_total", "stories260k") - prompts
+    assert counted == usage["prompt_tokens"]
 
 
 def test_concurrent_requests_match_single(client: Session) -> None:
