@@ -141,13 +141,6 @@ class BlockManager:
         seq.num_computed = 0
         seq.num_committed_blocks = 0
 
-    def reset_prefix_cache(self) -> None:
-        """Forget every cached prefix that no sequence holds."""
-        for block in list(self._evictable):
-            self._forget(block)
-            self._free_plain.append(block)
-        self._evictable.clear()
-
     def _take(self) -> int:
         if self._free_plain:
             block = self._free_plain.pop()

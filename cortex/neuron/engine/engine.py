@@ -27,6 +27,14 @@ class _Counters:
     generation_tokens: int = 0
 
 
+def check_prompt(prompt_ids: list[int], max_context: int) -> None:
+    """Raise unless the prompt has tokens and leaves room to generate within `max_context`."""
+    if not prompt_ids:
+        raise InvalidRequest("the prompt has no tokens", param="prompt")
+    if len(prompt_ids) >= max_context:
+        raise ContextLengthExceeded(len(prompt_ids), max_context)
+
+
 class LLMEngine:
     """Continuous batching over a paged KV cache for one model on one device."""
 
@@ -49,10 +57,7 @@ class LLMEngine:
 
     def add_request(self, prompt_ids: list[int], params) -> Sequence:
         """Queue a prompt; raises ContextLengthExceeded when it leaves no room to generate."""
-        if not prompt_ids:
-            raise InvalidRequest("the prompt has no tokens", param="prompt")
-        if len(prompt_ids) >= self.max_context:
-            raise ContextLengthExceeded(len(prompt_ids), self.max_context)
+        check_prompt(prompt_ids, self.max_context)
         seq = Sequence(
             next(_seq_ids),
             prompt_ids,

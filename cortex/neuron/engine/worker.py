@@ -23,16 +23,15 @@ from typing import Any
 import torch
 
 from cortex.errors import (
-    ContextLengthExceeded,
     CortexError,
     EngineFailure,
-    InvalidRequest,
     ModelNotFound,
     ShuttingDown,
     Unavailable,
 )
+from cortex.neuron.devices import describe as describe_device
 from cortex.neuron.engine.config import EngineConfig
-from cortex.neuron.engine.engine import LLMEngine
+from cortex.neuron.engine.engine import LLMEngine, check_prompt
 from cortex.neuron.engine.outputs import EngineStats, LoadedInfo, StepOutput
 from cortex.neuron.engine.request import RequestHandle
 from cortex.neuron.models import load_model
@@ -143,10 +142,7 @@ class DeviceWorker:
         info = self._infos.get(model_id)
         if info is None:
             raise ModelNotFound(f"model {model_id!r} is not loaded on {self.device}")
-        if not prompt_ids:
-            raise InvalidRequest("the prompt has no tokens", param="prompt")
-        if len(prompt_ids) >= info.max_context:
-            raise ContextLengthExceeded(len(prompt_ids), info.max_context)
+        check_prompt(prompt_ids, info.max_context)
         handle = RequestHandle(self, model_id, len(prompt_ids))
         self._post(self._add_request, handle, list(prompt_ids), params)
         return handle
@@ -169,10 +165,8 @@ class DeviceWorker:
 
     def memory(self) -> tuple[int, int]:
         """(total_bytes, free_bytes) of the device (host RAM for the CPU)."""
-        if self.device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(self.device)
-            return total, free
-        return _host_memory()
+        info = describe_device(str(self.device))
+        return info.total_bytes, info.free_bytes
 
     def loaded(self) -> dict[str, LoadedInfo]:
         """The models loaded on this worker."""
@@ -367,16 +361,3 @@ class DeviceWorker:
         reserved = torch.cuda.memory_reserved(self.device)
         torch.cuda.empty_cache()
         return reserved - torch.cuda.memory_reserved(self.device)
-
-
-def _host_memory() -> tuple[int, int]:
-    """(MemTotal, MemAvailable) from /proc/meminfo."""
-    fields: dict[str, int] = {}
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                fields[key] = int(rest.split()[0]) * 1024
-    except OSError:
-        return 0, 0
-    return fields.get("MemTotal", 0), fields.get("MemAvailable", 0)
