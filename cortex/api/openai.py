@@ -126,52 +126,56 @@ def chat_message(choice: ChoiceResult) -> dict[str, Any]:
     return message
 
 
+def _envelope(
+    rid: str, obj: str, created: int, model: str, choices: list[dict[str, Any]], **extra: Any
+) -> dict[str, Any]:
+    """The fields every answer and stream chunk shares, in OpenAI's order, then `extra`."""
+    return {
+        "id": rid,
+        "object": obj,
+        "created": created,
+        "model": model,
+        "choices": choices,
+        **extra,
+    }
+
+
 def chat_response(
     rid: str, created: int, model: str, choices: list[ChoiceResult], use: dict[str, Any]
 ) -> dict[str, Any]:
     """A complete `chat.completion` object."""
-    return {
-        "id": rid,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "index": c.index,
-                "message": chat_message(c),
-                "logprobs": chat_logprobs(c.logprobs),
-                "finish_reason": c.finish_reason,
-                "stop_reason": c.stop_reason,
-            }
-            for c in choices
-        ],
-        "usage": use,
-        "system_fingerprint": None,
-    }
+    items = [
+        {
+            "index": c.index,
+            "message": chat_message(c),
+            "logprobs": chat_logprobs(c.logprobs),
+            "finish_reason": c.finish_reason,
+            "stop_reason": c.stop_reason,
+        }
+        for c in choices
+    ]
+    return _envelope(
+        rid, "chat.completion", created, model, items, usage=use, system_fingerprint=None
+    )
 
 
 def completion_response(
     rid: str, created: int, model: str, choices: list[ChoiceResult], use: dict[str, Any]
 ) -> dict[str, Any]:
     """A complete legacy `text_completion` object."""
-    return {
-        "id": rid,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "index": c.index,
-                "text": c.content,
-                "logprobs": completion_logprobs(c.logprobs),
-                "finish_reason": c.finish_reason,
-                "stop_reason": c.stop_reason,
-            }
-            for c in choices
-        ],
-        "usage": use,
-        "system_fingerprint": None,
-    }
+    items = [
+        {
+            "index": c.index,
+            "text": c.content,
+            "logprobs": completion_logprobs(c.logprobs),
+            "finish_reason": c.finish_reason,
+            "stop_reason": c.stop_reason,
+        }
+        for c in choices
+    ]
+    return _envelope(
+        rid, "text_completion", created, model, items, usage=use, system_fingerprint=None
+    )
 
 
 def chat_chunk(
@@ -192,13 +196,9 @@ def chat_chunk(
         "logprobs": chat_logprobs(logprobs),
         "finish_reason": finish_reason,
     }
-    return {
-        "id": rid,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [_with_stop_reason(choice, stop_reason)],
-    }
+    return _envelope(
+        rid, "chat.completion.chunk", created, model, [_with_stop_reason(choice, stop_reason)]
+    )
 
 
 def _with_stop_reason(choice: dict[str, Any], stop_reason: str | int | None) -> dict[str, Any]:
@@ -226,25 +226,15 @@ def completion_chunk(
         "logprobs": completion_logprobs(logprobs, offset),
         "finish_reason": finish_reason,
     }
-    return {
-        "id": rid,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [_with_stop_reason(choice, stop_reason)],
-    }
+    return _envelope(
+        rid, "text_completion", created, model, [_with_stop_reason(choice, stop_reason)]
+    )
 
 
 def usage_chunk(kind: str, rid: str, created: int, model: str, use: dict[str, Any]) -> dict:
     """The final stream chunk of `stream_options.include_usage`: empty choices, usage set."""
-    return {
-        "id": rid,
-        "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [],
-        "usage": use,
-    }
+    obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+    return _envelope(rid, obj, created, model, [], usage=use)
 
 
 def tool_call_delta(index: int, call_id: str | None, name: str | None, arguments: str) -> dict:

@@ -50,10 +50,9 @@ def create_app(config: NeuronConfig, public_url: str = "http://127.0.0.1:13131")
     registry = ModelRegistry(
         [Path(p) for p in config.neuron.models_dirs], config.neuron.hub_download
     )
-    holder: list[ModelManager] = []
-    metrics = NeuronMetrics(lambda: holder[0].stats() if holder else {})
+    # The metrics read the manager's stats only at scrape time, once `manager` is bound.
+    metrics = NeuronMetrics(lambda: manager.stats())
     manager = ModelManager(registry, workers, engine_config, metrics)
-    holder.append(manager)
     state = NeuronState(
         config=config,
         registry=registry,

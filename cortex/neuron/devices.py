@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 from dataclasses import asdict, dataclass
+from functools import cache
 
 from cortex.errors import ConfigError, InvalidRequest
 
@@ -46,6 +47,7 @@ def _meminfo() -> tuple[int, int]:
     return pages, pages
 
 
+@cache  # constant for the process; /health asks on every poll
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:

@@ -65,7 +65,6 @@ class _Sequence:
     result: ChoiceResult
     handle: Any = None
     tokens: int = 0
-    saw_tool_call: bool = False
 
 
 class Generation:
@@ -217,9 +216,9 @@ class Generation:
             tail = seq.guard.closing()
             final.content += tail
             seq.result.content += tail
-        if seq.saw_tool_call and reason == "stop":
-            reason = "tool_calls"
-        final.finish_reason = seq.result.finish_reason = reason
+        # The stream already assembled the calls and turned "stop" into "tool_calls" for them.
+        seq.result.tool_calls = seq.stream.result().tool_calls
+        final.finish_reason = seq.result.finish_reason = seq.stream.finish_reason
         final.stop_reason = seq.result.stop_reason = seq.stream.stop_reason
         return final
 
@@ -231,11 +230,9 @@ class Generation:
                 piece.reasoning += delta.text
                 result.reasoning += delta.text
             elif delta.kind == "tool_call":
-                seq.saw_tool_call = True
                 piece.tool_calls.append(
                     tool_call_delta(delta.index, delta.id, delta.name, delta.arguments or "")
                 )
-                _merge_tool_call(result.tool_calls, delta)
             else:
                 text = delta.text
                 if seq.guard is not None:
@@ -257,14 +254,3 @@ class Generation:
             text = self.model.tokenizer.decode([token_id], skip_special_tokens=False)
             self._token_text[token_id] = text
         return text
-
-
-def _merge_tool_call(calls: list[dict[str, Any]], delta: Any) -> None:
-    while len(calls) <= delta.index:
-        calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
-    call = calls[delta.index]
-    if delta.id is not None:
-        call["id"] = delta.id
-    if delta.name is not None:
-        call["function"]["name"] = delta.name
-    call["function"]["arguments"] += delta.arguments or ""

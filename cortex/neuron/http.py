@@ -52,16 +52,19 @@ def error_response(error: CortexError) -> web.Response:
     return json_response(error.openai_envelope(), status=error.status, headers=error.headers())
 
 
-async def read_json(request: web.Request) -> Any:
-    """The request body as JSON; 400 when it is not JSON, 413 when it is too large."""
+async def read_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object; 400 when it is not one, 413 when it is too large."""
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(request) from None
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}", param="body") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object", param="body")
+    return body
 
 
 def _too_large(request: web.Request) -> PayloadTooLarge:

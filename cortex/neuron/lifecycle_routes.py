@@ -16,16 +16,10 @@ from cortex import __version__
 from cortex.api import openai
 from cortex.errors import InvalidRequest
 from cortex.neuron import devices, registry
-from cortex.neuron.http import json_response, read_json
+from cortex.neuron.http import json_response, read_object
 from cortex.neuron.metrics import CONTENT_TYPE
 from cortex.neuron.prompts import build_prompt
 from cortex.neuron.state import STATE, NeuronState
-
-
-def _body_object(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object", param="body")
-    return body
 
 
 async def health(request: web.Request) -> web.Response:
@@ -116,7 +110,7 @@ async def list_models(request: web.Request) -> web.Response:
 async def load(request: web.Request) -> web.Response:
     """`POST /models/load`: load (or join the load of) a model; 200 when already loaded."""
     state = request.app[STATE]
-    body = _body_object(await read_json(request))
+    body = await read_object(request)
     model_id = body.get("model")
     registry.check_id(model_id)
     device = body.get("device")
@@ -152,7 +146,7 @@ _DTYPES = {"auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"}
 async def unload(request: web.Request) -> web.Response:
     """`POST /models/unload`: cancel the model's requests and free it; 404 if not loaded."""
     state = request.app[STATE]
-    body = _body_object(await read_json(request))
+    body = await read_object(request)
     model_id = body.get("model")
     registry.check_id(model_id)
     await state.manager.unload(model_id)
@@ -178,7 +172,7 @@ async def endpoint(request: web.Request) -> web.Response:
 async def tokenize(request: web.Request) -> web.Response:
     """`POST /tokenize`: exact prompt token count after the chat template."""
     state = request.app[STATE]
-    body = _body_object(await read_json(request))
+    body = await read_object(request)
     if body.get("messages") is not None:
         req = openai.parse_chat(body)
     elif body.get("prompt") is not None:

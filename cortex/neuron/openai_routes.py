@@ -24,7 +24,7 @@ from cortex.api import openai, sse
 from cortex.api.openai import GenerationRequest
 from cortex.errors import CortexError
 from cortex.neuron.generation import Generation, Piece
-from cortex.neuron.http import json_response, read_json
+from cortex.neuron.http import json_response, read_object
 from cortex.neuron.prompts import build_prompt
 from cortex.neuron.state import STATE
 
@@ -44,12 +44,12 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """`POST /v1/chat/completions`."""
-    return await _generate(request, openai.parse_chat(await read_json(request)))
+    return await _generate(request, openai.parse_chat(await read_object(request)))
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
     """`POST /v1/completions` (legacy, `prompt`)."""
-    return await _generate(request, openai.parse_completion(await read_json(request)))
+    return await _generate(request, openai.parse_completion(await read_object(request)))
 
 
 def _client_gone(request: web.Request) -> bool:
