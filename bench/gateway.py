@@ -22,12 +22,13 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from cortex.gateway.local_neuron import free_loopback_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "bench-model"
@@ -35,12 +36,6 @@ BODY = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hel
 STREAM_BODY = json.dumps(
     {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "stream": True}
 ).encode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def upstream_app(chunks: int):
@@ -107,7 +102,7 @@ async def in_process(seconds: float, chunks: int) -> None:
     async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        port = free_port()
+        port = free_loopback_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         return runner, port
 
@@ -214,7 +209,7 @@ def main() -> None:
         lat = asyncio.run(_client(args.client, body, args.concurrency[0], args.seconds))
         return print(json.dumps(lat))
 
-    up_port, gw_port, metrics_port = free_port(), free_port(), free_port()
+    up_port, gw_port, metrics_port = (free_loopback_port() for _ in range(3))
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORTEX_")}
     env["CORTEX_LOG_LEVEL"] = "WARNING"
     upstream = subprocess.Popen(

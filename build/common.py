@@ -11,10 +11,14 @@ OUT = ROOT / "build" / "out"
 PACKAGING = ROOT / "packaging"
 
 
+def _project() -> dict:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        return tomllib.load(f)["project"]
+
+
 def project_version() -> str:
     """`[project] version` from pyproject.toml: the version of every artifact."""
-    with (ROOT / "pyproject.toml").open("rb") as f:
-        version = tomllib.load(f)["project"]["version"]
+    version = _project()["version"]
     if not re.fullmatch(r"[0-9][0-9A-Za-z.+]*", version):
         raise SystemExit(f"pyproject.toml: version {version!r} cannot be an RPM version")
     return version
@@ -22,8 +26,7 @@ def project_version() -> str:
 
 def project_dependencies() -> list[str]:
     """The gateway/CLI requirements (`[project] dependencies`, no extras: never torch)."""
-    with (ROOT / "pyproject.toml").open("rb") as f:
-        return list(tomllib.load(f)["project"]["dependencies"])
+    return list(_project()["dependencies"])
 
 
 def write_version_file(package_dir: Path, version: str) -> Path:

@@ -37,6 +37,7 @@ GatewayOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 NeuronOption = Annotated[str | None, typer.Option("--neuron", metavar="NAME", help="Neuron name")]
+ModelArgument = Annotated[str, typer.Argument(metavar="MODEL", help="Model id or alias")]
 
 
 def _version(value: bool) -> None:
@@ -156,7 +157,7 @@ def status(gateway: GatewayOption = None, json: JsonOption = False) -> None:
 
 @app.command()
 def load(
-    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model id or alias")],
+    model: ModelArgument,
     neuron: NeuronOption = None,
     gateway: GatewayOption = None,
     json: JsonOption = False,
@@ -169,7 +170,7 @@ def load(
 
 @app.command()
 def unload(
-    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model id or alias")],
+    model: ModelArgument,
     neuron: NeuronOption = None,
     gateway: GatewayOption = None,
     json: JsonOption = False,
@@ -182,7 +183,7 @@ def unload(
 
 @app.command()
 def pin(
-    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model id or alias")],
+    model: ModelArgument,
     neuron: NeuronOption = None,
     off: Annotated[bool, typer.Option("--off", help="Unpin instead")] = False,
     gateway: GatewayOption = None,

@@ -8,6 +8,7 @@ Anthropic error `type`, and the CLI exit code. Servers render it with `openai_en
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 # CLI exit codes (DESIGN.md section 7).
@@ -182,6 +183,17 @@ class Unreachable(CortexError):
     status = 503
     code = "unreachable"
     exit_code = EXIT_UNREACHABLE
+
+
+def error_class(code: object) -> type[CortexError] | None:
+    """The first `CortexError` subclass (depth first, in definition order) with this `code`."""
+    return next((cls for cls in _descendants(CortexError) if cls.code == code), None)
+
+
+def _descendants(cls: type[CortexError]) -> Iterator[type[CortexError]]:
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _descendants(sub)
 
 
 def anthropic_status(error: CortexError) -> int:

@@ -119,18 +119,9 @@ def remote_error(status: int, data: Any, url: str) -> CortexError:
 
 
 def _class_for(code: Any, status: int) -> type[CortexError]:
-    for cls in _subclasses(CortexError):
-        if cls.code == code:
-            return cls
-    return _BY_STATUS.get(status, errors.UpstreamError if status >= 500 else CortexError)
-
-
-def _subclasses(cls: type[CortexError]) -> list[type[CortexError]]:
-    found = []
-    for sub in cls.__subclasses__():
-        found.append(sub)
-        found.extend(_subclasses(sub))
-    return found
+    return errors.error_class(code) or _BY_STATUS.get(
+        status, errors.UpstreamError if status >= 500 else CortexError
+    )
 
 
 def _decode(raw: bytes) -> Any:

@@ -88,20 +88,21 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
             raise
         error = _from_http(exc, request)
     except asyncio.CancelledError:
-        _count(request, "client_disconnect", None)
+        count_request(request, "client_disconnect", None)
         raise
     except Exception as exc:  # a bug must still answer in the envelope, never a bare 500 page
         log.exception("unhandled error on %s %s", request.method, request.path)
         error = CortexError(f"internal error: {type(exc).__name__}: {exc}")
     if error is not None:
         response = render_error(request, error)
-        _count(request, error.code, response.status)
+        count_request(request, error.code, response.status)
     elif request.path not in OPEN_PATHS:
-        _count(request, None, response.status)
+        count_request(request, None, response.status)
     return response
 
 
-def _count(request: web.Request, reason: str | None, status: int | None) -> None:
+def count_request(request: web.Request, reason: str | None, status: int | None) -> None:
+    """Count an error by `reason` and/or a finished request by `status` (None: skip it)."""
     metrics = request.app[GATEWAY].metrics
     model, neuron = request.get(MODEL, ""), request.get(NEURON, "")
     if reason is not None:

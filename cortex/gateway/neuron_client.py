@@ -25,16 +25,6 @@ from cortex import errors
 from cortex.errors import CortexError, UpstreamError
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "0.0.0.0", "::1", "[::1]"})
-_ERROR_CLASSES: dict[str, type[CortexError]] = {}
-
-
-def _collect_error_classes(cls: type[CortexError]) -> None:
-    for sub in cls.__subclasses__():
-        _ERROR_CLASSES.setdefault(sub.code, sub)
-        _collect_error_classes(sub)
-
-
-_collect_error_classes(CortexError)
 
 
 def error_from_response(status: int, body: bytes, neuron: str) -> CortexError:
@@ -55,7 +45,7 @@ def error_from_response(status: int, body: bytes, neuron: str) -> CortexError:
         exc.neuron_status = status
         return exc
     fallback = errors.InvalidRequest if 400 <= status < 500 else UpstreamError
-    cls = _ERROR_CLASSES.get(code, fallback) if isinstance(code, str) else fallback
+    cls = errors.error_class(code) or fallback
     extra = {k: v for k, v in error.items() if k not in ("message", "type", "code", "param")}
     # Bypass subclass constructors (ContextLengthExceeded takes numbers): keep the message as is.
     exc = cls.__new__(cls)
@@ -116,7 +106,7 @@ class NeuronClient:
         timeout: aiohttp.ClientTimeout | None = None,
     ) -> Any:
         data = orjson.dumps(body) if body is not None else None
-        headers = {**self.headers, "Content-Type": "application/json"} if data else self.headers
+        headers = self.proxy_headers if data else self.headers
         async with self.session.request(
             method,
             self.endpoint + path,

@@ -23,7 +23,8 @@ from aiohttp import web
 
 from cortex.api import sse
 from cortex.errors import CortexError, InvalidRequest, UpstreamError
-from cortex.gateway.context import GATEWAY, MODEL, NEURON
+from cortex.gateway.context import GATEWAY
+from cortex.gateway.middleware import count_request
 from cortex.gateway.upstream import Upstream, encode_body, open_upstream
 
 _USAGE_MARKS = (b'"usage":{', b'"usage": {')
@@ -77,7 +78,7 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     except CortexError as exc:
         if early is None:
             raise
-        _count_error(request, exc.code)
+        count_request(request, exc.code, None)
         await _end_with_error(early, exc)
         return early
     async with upstream:
@@ -126,7 +127,7 @@ async def _relay_stream(
         try:
             await out.write(ready)
         except _CLIENT_GONE:
-            _count_error(request, "client_disconnect")
+            count_request(request, "client_disconnect", None)
             upstream.close(broken=True)
             return out
     if not done:
@@ -163,7 +164,7 @@ async def _broken(
     request: web.Request, upstream: Upstream, out: web.StreamResponse, why: str
 ) -> web.StreamResponse:
     """The neuron failed mid-stream: tell the client in-band and end cleanly."""
-    _count_error(request, "upstream_broken")
+    count_request(request, "upstream_broken", None)
     upstream.close(broken=True)
     request.app[GATEWAY].poller.poke(upstream.route.neuron)
     error = UpstreamError(f"neuron {upstream.neuron} failed mid-stream: {why}")
@@ -177,8 +178,3 @@ async def _end_with_error(out: web.StreamResponse, error: CortexError) -> None:
         await out.write_eof()
     except _CLIENT_GONE:
         pass
-
-
-def _count_error(request: web.Request, reason: str) -> None:
-    metrics = request.app[GATEWAY].metrics
-    metrics.errors.labels(reason, request.get(MODEL, ""), request.get(NEURON, "")).inc()

@@ -109,10 +109,19 @@ class Router:
         self, model_id: str, neuron: str | None = None, exclude: frozenset[str] = frozenset()
     ) -> asyncio.Task[tuple[Neuron, Placement]]:
         """The single-flight load of `model_id` (on `neuron`, or wherever is best)."""
-        key = (model_id, neuron)
+        return self._single_flight(
+            (model_id, neuron), lambda: self._load(model_id, neuron, exclude)
+        )
+
+    def _single_flight(
+        self,
+        key: tuple[str, str | None],
+        start: Callable[[], Awaitable[tuple[Neuron, Placement]]],
+    ) -> asyncio.Task[tuple[Neuron, Placement]]:
+        """The running task for `key`, or a new one from `start()` registered under it."""
         task = self._loads.get(key)
         if task is None:
-            task = asyncio.ensure_future(self._load(model_id, neuron, exclude))
+            task = asyncio.ensure_future(start())
             self._loads[key] = task
             task.add_done_callback(lambda t: self._load_done(key, t))
         return task
@@ -280,13 +289,7 @@ class Router:
     def reload(self, neuron: Neuron, model_id: str) -> asyncio.Task[tuple[Neuron, Placement]]:
         """Unload and load `model_id` on `neuron` again (defrag). Registered as the model's
         single-flight load, so requests that find it draining wait for it."""
-        key = (model_id, None)
-        task = self._loads.get(key)
-        if task is None:
-            task = asyncio.ensure_future(self._reload(neuron, model_id))
-            self._loads[key] = task
-            task.add_done_callback(lambda t: self._load_done(key, t))
-        return task
+        return self._single_flight((model_id, None), lambda: self._reload(neuron, model_id))
 
     async def _reload(self, neuron: Neuron, model_id: str) -> tuple[Neuron, Placement]:
         place = neuron.models.get(model_id)

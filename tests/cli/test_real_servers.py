@@ -24,11 +24,8 @@ EXPECTED_WORD = "Lily"
 
 @pytest.fixture(scope="module")
 def neuron() -> Iterator[NeuronProc]:
-    proc = start_neuron(FIXTURES)
-    try:
+    with start_neuron(FIXTURES) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")

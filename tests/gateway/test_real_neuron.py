@@ -43,9 +43,8 @@ def models_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def neuron(models_dir):
-    proc = start_neuron(models_dir)
-    yield proc
-    proc.stop()
+    with start_neuron(models_dir) as proc:
+        yield proc
 
 
 def unload_all(url: str) -> None:

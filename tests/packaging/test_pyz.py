@@ -69,11 +69,8 @@ def test_pyz_version_and_exit_codes(built_pyz: Path, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def neuron() -> Iterator[NeuronProc]:
-    proc = start_neuron(FIXTURES)
-    try:
+    with start_neuron(FIXTURES) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def get_json(url: str) -> dict:

@@ -2,7 +2,7 @@
 
     proc = start_neuron(models_dir, extra_args=["--preload", "stories260k"])
     ... HTTP against proc.url ...
-    proc.stop()
+    proc.stop()          # or: with start_neuron(models_dir) as proc: ...
 
 The child's stderr (its log) goes to a file; `proc.log()` reads it, and a neuron that dies
 before answering `/health` raises with the log's tail. `Session(proc.url, token)` is a requests
@@ -75,6 +75,12 @@ class NeuronProc:
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM and wait; SIGKILL if it does not exit in `timeout` seconds."""
         return stop_process(self.proc, self._log_file, timeout)
+
+    def __enter__(self) -> NeuronProc:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 class Session(requests.Session):
