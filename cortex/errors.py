@@ -174,6 +174,7 @@ class InsufficientMemory(CortexError):
 class ConfigError(CortexError):
     """A configuration file is wrong; the message names the file, the key and the problem."""
 
+    code = "config_error"
     exit_code = EXIT_USAGE
 
 
