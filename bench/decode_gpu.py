@@ -29,13 +29,9 @@ Issue-4 targets (full-depth models in bf16 on one H100; the script checks them a
 
 What a GPU session runs. The device machine (see /work/.library/device) has torch, transformers,
 aiohttp, typer, tokenizers, safetensors, jinja2, pytest and requests, but not orjson,
-platformdirs or gguf, and `../shared` does not travel. So first, here, from the repository root
-(`.whl/` is git-ignored):
+platformdirs or gguf. So first, here, from the repository root (`.whl/` is git-ignored; the
+fixtures travel with the working tree):
 
-    mkdir -p .whl/fixtures/qwen3 .whl/fixtures/llama3.2
-    cp -r ../shared/fixtures/stories260k .whl/fixtures/
-    cp ../shared/fixtures/qwen3/config.json .whl/fixtures/qwen3/
-    cp ../shared/fixtures/llama3.2/config.json .whl/fixtures/llama3.2/
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_17_x86_64 -d .whl \
         orjson==3.13.0 platformdirs==4.14.7 gguf==0.19.0
@@ -45,12 +41,11 @@ then one device call with `carry: [".whl"]` and this command (tests, then the sm
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
         --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-    mkdir -p ../shared && cp -r .whl/fixtures ../shared/ || exit 1
     nvidia-smi
     python3 -m pytest -q tests/gpu tests/engine/test_cuda_graph.py 2>&1 | tee $OUT/pytest.log
     python3 bench/decode_gpu.py --models qwen3-0.6b 2>&1 | tee $OUT/bench-qwen3-0.6b.log
 
-and, each in its own call with the same first three lines (one call may run 10 minutes;
+and, each in its own call with the same first two lines (one call may run 10 minutes;
 transformers' compiles take most of it), `--models llama-3.2-1b`, then `--models qwen3-8b`.
 `--sides cortex` skips transformers for a quick loop while tuning.
 

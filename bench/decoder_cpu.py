@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 # SmolLM2-135M's config.json (not among the fixtures: only its chat template is).
 SMOLLM2 = {
     "model_type": "llama",

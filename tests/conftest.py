@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT.parent / "shared" / "fixtures"
+FIXTURES = ROOT / "tests" / "fixtures"
 
 
 def free_port() -> int:
@@ -20,7 +20,5 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    """`../shared/fixtures` beside the project's root."""
-    if not FIXTURES.is_dir():
-        pytest.fail(f"shared fixtures not found at {FIXTURES}")
+    """The project's copy of the test data (tests/fixtures, see its PROVENANCE.md)."""
     return FIXTURES
