@@ -167,7 +167,8 @@ def build_pair(config: dict, run: Run) -> tuple[torch.nn.Module, torch.nn.Module
     """(cortex model, transformers model) with the same random weights, made on the device."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from cortex.neuron.models import ModelConfig, build_model
+    from cortex.neuron.models.architectures import build_model
+    from cortex.neuron.models.model_config import ModelConfig
 
     if run.layers:
         config = {**config, "num_hidden_layers": run.layers}
@@ -188,8 +189,9 @@ def random_prompts(count: int, length: int, vocab: int, seed: int) -> list[list[
 
 def cortex_generate(model: torch.nn.Module, run: Run) -> tuple[Generate, Callable[[], None]]:
     """The engine's generate over `model`, and a function that frees its KV cache and graphs."""
-    from cortex.neuron.engine import LLM, EngineConfig
-    from cortex.neuron.sampling import SamplingParams
+    from cortex.config import EngineConfig
+    from cortex.neuron.engine.sampling import SamplingParams
+    from cortex.neuron.offline import LLM
 
     config = EngineConfig(
         max_batch=max(run.batches),

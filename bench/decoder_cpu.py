@@ -79,8 +79,9 @@ def measure(
 
 
 def cortex_side(path: Path, prompt: list[int]) -> Callable[[int], list[int]]:
-    from cortex.neuron.engine import LLM, EngineConfig
-    from cortex.neuron.sampling import SamplingParams
+    from cortex.config import EngineConfig
+    from cortex.neuron.engine.sampling import SamplingParams
+    from cortex.neuron.offline import LLM
 
     llm = LLM(path, "cpu", torch.float32, config=EngineConfig(max_batch=8, cuda_graphs=False))
 

@@ -12,9 +12,11 @@ import time
 
 import torch
 
-from cortex.neuron.engine import LLM, EngineConfig
-from cortex.neuron.models import ModelConfig, build_model
-from cortex.neuron.sampling import SamplingParams
+from cortex.config import EngineConfig
+from cortex.neuron.engine.sampling import SamplingParams
+from cortex.neuron.models.architectures import build_model
+from cortex.neuron.models.model_config import ModelConfig
+from cortex.neuron.offline import LLM
 
 
 def random_model(layers: int, hidden: int, vocab: int) -> torch.nn.Module:

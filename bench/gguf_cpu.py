@@ -42,10 +42,10 @@ def decode_rate(generate: Callable[[int], object], tokens: int) -> float:
 
 
 def bench_cortex(path: Path, tokens: int) -> tuple[float, float, str]:
-    from cortex.neuron.engine import LLM
-    from cortex.neuron.gguf_tokenizer import tokenizer_from_gguf
-    from cortex.neuron.models import load_model
-    from cortex.neuron.sampling import SamplingParams
+    from cortex.neuron.engine.sampling import SamplingParams
+    from cortex.neuron.models.loading import load_model
+    from cortex.neuron.offline import LLM
+    from cortex.neuron.text.gguf_tokenizer import tokenizer_from_gguf
 
     load, (model, tokenizer) = timed(
         lambda: (load_model(path, torch.device("cpu"), None), tokenizer_from_gguf(path))

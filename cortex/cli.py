@@ -115,7 +115,7 @@ def neuron_cmd(
 ) -> None:
     """Run the node daemon on a GPU host (model lifecycle, OpenAI API)."""
     try:
-        from cortex.neuron.main import run_neuron
+        from cortex.neuron.server.main import run_neuron
 
         code = run_neuron(
             config_path=config,
@@ -128,7 +128,10 @@ def neuron_cmd(
         # The gateway-only install (`pip install .`) has no torch; the gateway's executable
         # has no cortex.neuron either. A missing cortex module elsewhere is a bug: raise it.
         name = exc.name or "cortex"
-        if name.split(".")[0] == "cortex" and name not in ("cortex.neuron", "cortex.neuron.main"):
+        if name.split(".")[0] == "cortex" and name not in (
+            "cortex.neuron",
+            "cortex.neuron.server.main",
+        ):
             raise
         raise _fail(
             ConfigError(
@@ -163,7 +166,7 @@ def load(
     json: JsonOption = False,
 ) -> None:
     """Load a model on the fleet and wait until it is ready."""
-    from cortex.commands.lifecycle import run_lifecycle
+    from cortex.commands.placement import run_lifecycle
 
     raise _client(json, lambda out: run_lifecycle("load", model, neuron, gateway, out))
 
@@ -176,7 +179,7 @@ def unload(
     json: JsonOption = False,
 ) -> None:
     """Unload a model from the fleet."""
-    from cortex.commands.lifecycle import run_lifecycle
+    from cortex.commands.placement import run_lifecycle
 
     raise _client(json, lambda out: run_lifecycle("unload", model, neuron, gateway, out))
 
@@ -190,7 +193,7 @@ def pin(
     json: JsonOption = False,
 ) -> None:
     """Pin a model: load it now, never evict it (--off: unpin)."""
-    from cortex.commands.lifecycle import run_lifecycle
+    from cortex.commands.placement import run_lifecycle
 
     action = "unpin" if off else "pin"
     raise _client(json, lambda out: run_lifecycle(action, model, neuron, gateway, out))

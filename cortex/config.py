@@ -40,6 +40,15 @@ class ResolvedPath(str):
     """A path, resolved against the config file's directory."""
 
 
+class FieldError(ValueError):
+    """A section's own check failed on one of its fields (the loader names file and key)."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name}: {problem}")
+        self.name = name
+        self.problem = problem
+
+
 @dataclass
 class GatewaySection:
     listen: ListenAddress = ListenAddress(DEFAULT_GATEWAY_LISTEN)
@@ -116,21 +125,36 @@ class NeuronSection:
     drain_timeout: Duration = Duration(30.0)
 
 
-@dataclass
-class EngineSection:
+@dataclass(frozen=True)
+class EngineConfig:
+    """neuron.toml's `[engine]` table, and the settings every model's engine runs with."""
+
     max_batch: int = 32
+    #: Share of the device memory still free after the weights that the KV cache may take.
     kv_cache_memory: float = 0.85
+    #: On CPU there is no "free device memory": the KV cache gets this many bytes at most.
     cpu_kv_cache_bytes: ByteSize = ByteSize(2 * 2**30)
     block_size: int = 16
     max_prefill_tokens: int = 2048
     prefix_cache: bool = True
     cuda_graphs: bool = True
 
+    def __post_init__(self) -> None:
+        checks = (
+            ("max_batch", self.max_batch >= 1, "must be at least 1"),
+            ("kv_cache_memory", 0 < self.kv_cache_memory <= 1, "must be in (0, 1]"),
+            ("block_size", self.block_size >= 1, "must be at least 1"),
+            ("max_prefill_tokens", self.max_prefill_tokens >= 1, "must be at least 1"),
+        )
+        for name, ok, problem in checks:
+            if not ok:
+                raise FieldError(name, problem)
+
 
 @dataclass
 class NeuronConfig:
     neuron: NeuronSection = field(default_factory=NeuronSection)
-    engine: EngineSection = field(default_factory=EngineSection)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     path: Path | None = field(default=None, metadata={"internal": True})
 
 
@@ -250,7 +274,10 @@ def _build(cls: type, data: Any, prefix: str, base: Path | None) -> Any:
             and f.default_factory is dataclasses.MISSING
         ):
             raise _KeyProblem(f"{prefix}.{name}" if prefix else name, "required key is missing")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except FieldError as exc:
+        raise _KeyProblem(f"{prefix}.{exc.name}" if prefix else exc.name, exc.problem) from None
 
 
 class _KeyProblem(Exception):
@@ -333,12 +360,7 @@ def load_neuron_config(path: str | os.PathLike[str] | None) -> NeuronConfig:
     if path is None:
         return NeuronConfig()
     path = Path(path)
-    config: NeuronConfig = _load(NeuronConfig, path)
-    engine = config.engine
-    _check(path, "engine.max_batch", engine.max_batch >= 1, "must be at least 1")
-    _check(path, "engine.kv_cache_memory", 0 < engine.kv_cache_memory <= 1, "must be in (0, 1]")
-    _check(path, "engine.block_size", engine.block_size >= 1, "must be at least 1")
-    return config
+    return _load(NeuronConfig, path)
 
 
 def config_search_path(filename: str, env_var: str) -> list[Path]:

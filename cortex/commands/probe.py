@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cortex.commands.http import Client, gateway_url, remote_error
+from cortex.commands.client import Client, gateway_url, remote_error
 from cortex.errors import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, CortexError, Unreachable
 from cortex.output import Output
 

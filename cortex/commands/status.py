@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from cortex.commands.http import Client, gateway_url
+from cortex.commands.client import Client, gateway_url
 from cortex.output import Output
 
 BAR_WIDTH = 20

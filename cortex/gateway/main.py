@@ -32,8 +32,8 @@ from cortex.config import (
 )
 from cortex.errors import ConfigError
 from cortex.gateway.app import create_app
-from cortex.gateway.context import GATEWAY
 from cortex.gateway.local_neuron import LocalNeuron
+from cortex.gateway.state import GATEWAY
 from cortex.process import run, setup_logging
 
 log = logging.getLogger("cortex.gateway")

@@ -9,7 +9,7 @@ evicts on it.
 Memory release (used by defrag, DESIGN.md section 5): `POST /memory/release` with an empty JSON
 body asks the neuron to drop cached allocator memory (`torch.cuda.empty_cache()` on each device)
 and answers `{"released_bytes": N}`. A neuron without that route answers 404/405 and the gateway
-falls back to unload + load of each resident model (see lifecycle.py).
+falls back to unload + load of each resident model (see upkeep.py).
 """
 
 from __future__ import annotations

@@ -29,11 +29,15 @@ from cortex.api.openai import (
     tool_call_delta,
 )
 from cortex.errors import CortexError
-from cortex.neuron.json_mode import JsonGuard
-from cortex.neuron.lifecycle import LoadedModel
+from cortex.neuron.engine.outputs import StepOutput
+from cortex.neuron.engine.request import RequestHandle
+from cortex.neuron.engine.sampling import SamplingParams
+from cortex.neuron.manager import LoadedModel
 from cortex.neuron.metrics import NeuronMetrics
-from cortex.neuron.prompts import JSON_PREFIX
-from cortex.neuron.textstream import TextStream
+from cortex.neuron.text.json_mode import JsonGuard
+from cortex.neuron.text.parsers import Delta
+from cortex.neuron.text.prompts import JSON_PREFIX
+from cortex.neuron.text.textstream import TextStream
 
 HEARTBEAT_SECONDS = 0.5  # well under the one-second promise, whatever the jitter
 _SEQ_END = object()
@@ -63,7 +67,7 @@ class _Sequence:
     stream: TextStream
     guard: JsonGuard | None
     result: ChoiceResult
-    handle: Any = None
+    handle: RequestHandle | None = None
     tokens: int = 0
 
 
@@ -118,8 +122,6 @@ class Generation:
 
     def start(self) -> None:
         """Submit every sequence to the engine (raises the engine's validation errors)."""
-        from cortex.neuron.sampling import SamplingParams
-
         self.metrics.prompt_tokens.labels(self.model.id).inc(len(self.prompt_ids))
         stop_ids = list(self.model.tokenizer.eos_token_ids)
         for seq in self.sequences:
@@ -193,7 +195,7 @@ class Generation:
     def _should_stop(self, seq: _Sequence) -> bool:
         return seq.stream.stopped or (seq.guard is not None and seq.guard.finished)
 
-    def _on_tokens(self, seq: _Sequence, out: Any) -> Piece:
+    def _on_tokens(self, seq: _Sequence, out: StepOutput) -> Piece:
         piece = Piece(seq.index)
         if self.req.logprobs:
             piece.logprobs = self._logprobs(out)
@@ -222,7 +224,7 @@ class Generation:
         final.stop_reason = seq.result.stop_reason = seq.stream.stop_reason
         return final
 
-    def _apply(self, seq: _Sequence, piece: Piece, deltas: list[Any]) -> None:
+    def _apply(self, seq: _Sequence, piece: Piece, deltas: list[Delta]) -> None:
         """Route TextStream deltas into `piece` and the sequence's accumulated result."""
         result = seq.result
         for delta in deltas:
@@ -240,7 +242,7 @@ class Generation:
                 piece.content += text
                 result.content += text
 
-    def _logprobs(self, out: Any) -> list[dict[str, Any]]:
+    def _logprobs(self, out: StepOutput) -> list[dict[str, Any]]:
         entries = []
         tops = out.top_logprobs or [[] for _ in out.token_ids]
         for tid, lp, top in zip(out.token_ids, out.logprobs or [], tops, strict=False):

@@ -198,14 +198,14 @@ def describe(location: ModelLocation) -> dict[str, Any]:
         if summary:
             # Weights are dequantized at load: count them as a GPU holds them (bf16), not the
             # quantized file (4-8x smaller), so the gateway's first memory estimate is close.
-            from cortex.neuron.models import model_weight_bytes
+            from cortex.neuron.models.loading import model_weight_bytes
 
             summary["file_bytes"] = summary["bytes"]
             summary["bytes"] = model_weight_bytes(location.path, "bfloat16")
         return info | summary
     try:
         config = json.loads((location.path / "config.json").read_text(encoding="utf-8"))
-        from cortex.neuron.models import model_weight_bytes
+        from cortex.neuron.models.loading import model_weight_bytes
 
         info["arch"] = config.get("model_type")
         info["max_context"] = config.get("max_position_embeddings")
@@ -217,10 +217,10 @@ def describe(location: ModelLocation) -> dict[str, Any]:
 
 
 def gguf_summary(path: Path) -> dict[str, Any]:
-    """Hook for GGUF models: `cortex.neuron.models.gguf.describe_gguf(path) -> dict` if present."""
-    try:
-        from cortex.neuron.models import gguf
+    """`/models` details of a GGUF model (empty for an unreadable file: loading it says why)."""
+    from cortex.neuron.models.gguf import gguf_info  # torch: imported only when listing GGUFs
 
-        return dict(gguf.describe_gguf(path))
-    except Exception:  # no GGUF support installed yet, or an unreadable file
+    try:
+        return gguf_info(path)
+    except Exception:  # a broken file is still listed; loading it gives the real error
         return {}

@@ -20,7 +20,7 @@ REQUESTS = request_files()
 @pytest.fixture(scope="module")
 def qwen3():
     """The Qwen3 tokenizer and chat template (the text helper's Tokenizer)."""
-    from cortex.neuron.tokenizer import Tokenizer
+    from cortex.neuron.text.tokenizer import Tokenizer
 
     return Tokenizer.from_dir(FIXTURES / "qwen3")
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from cortex.neuron.attention import AttentionMetadata, KVCache
-from cortex.neuron.models import CausalLM
+from cortex.neuron.models.architectures import CausalLM
+from cortex.neuron.models.attention import AttentionMetadata, KVCache
 
 
 class PagedRunner:

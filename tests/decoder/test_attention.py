@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cortex.neuron.attention import (
+from cortex.neuron.models.attention import (
     AttentionMetadata,
     decode_attention,
     prefill_attention,

@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cortex.errors import ModelLoadFailed, UnsupportedArchitecture
-from cortex.neuron.models import ModelConfig, load_model, model_weight_bytes
+from cortex.neuron.models.loading import load_model, model_weight_bytes
+from cortex.neuron.models.model_config import ModelConfig
 from tests.conftest import FIXTURES
 from tests.decoder.paged import PagedRunner
 from tests.support.checkpoints import make_tiny_checkpoint

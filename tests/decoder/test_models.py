@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from cortex.neuron.models import load_model
+from cortex.neuron.models.loading import load_model
 from tests.decoder.paged import PagedRunner
 from tests.support.checkpoints import make_tiny_checkpoint
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cortex.errors import InvalidRequest
-from cortex.neuron.sampling import (
+from cortex.neuron.engine.sampling import (
     Sampler,
     SamplingBatch,
     SamplingParams,

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from cortex.neuron.models import load_model
+from cortex.neuron.models.loading import load_model
 from tests.decoder.paged import PagedRunner
 from tests.support.checkpoints import STORIES
 

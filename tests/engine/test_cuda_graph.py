@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cortex.neuron.engine import LLM, EngineConfig
+from cortex.config import EngineConfig
 from cortex.neuron.engine.cuda_graph import batch_buckets
-from cortex.neuron.sampling import SamplingParams
+from cortex.neuron.engine.sampling import SamplingParams
+from cortex.neuron.offline import LLM
 from tests.support.checkpoints import STORIES
 
 

@@ -7,10 +7,12 @@ import json
 import pytest
 import torch
 
+from cortex.config import EngineConfig
 from cortex.errors import ContextLengthExceeded
-from cortex.neuron.engine import LLM, EngineConfig, LLMEngine
-from cortex.neuron.models import load_model
-from cortex.neuron.sampling import SamplingParams
+from cortex.neuron.engine.llm_engine import LLMEngine
+from cortex.neuron.engine.sampling import SamplingParams
+from cortex.neuron.models.loading import load_model
+from cortex.neuron.offline import LLM
 from tests.support.checkpoints import STORIES
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)

@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from cortex.config import EngineSection, parse_size
+from cortex.config import EngineConfig, parse_size
 from cortex.neuron.engine.block_manager import BlockManager
-from cortex.neuron.engine.config import EngineConfig
 from cortex.neuron.engine.scheduler import Scheduler
 from cortex.neuron.engine.sequence import Sequence, SequenceStatus
 
@@ -213,10 +212,9 @@ def test_thousands_of_aborts_leak_nothing(phase):
     assert sched.running == [keeper] and not sched.waiting
 
 
-def test_engine_config_from_neuron_toml_section():
-    section = EngineSection(max_batch=4, cpu_kv_cache_bytes=parse_size("64MiB"), cuda_graphs=False)
-    config = EngineConfig.from_section(section)
+def test_engine_config_checks_its_ranges():
+    config = EngineConfig(max_batch=4, cpu_kv_cache_bytes=parse_size("64MiB"), cuda_graphs=False)
     assert (config.max_batch, config.cpu_kv_cache_bytes, config.cuda_graphs) == (4, 2**26, False)
-    assert config.block_size == section.block_size and config.prefix_cache
-    with pytest.raises(ValueError):
-        EngineConfig(kv_cache_memory=0.0)
+    for bad in ({"kv_cache_memory": 0.0}, {"max_prefill_tokens": 0}, {"block_size": 0}):
+        with pytest.raises(ValueError):
+            EngineConfig(**bad)

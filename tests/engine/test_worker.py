@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cortex.config import EngineConfig
 from cortex.errors import (
     ContextLengthExceeded,
     EngineFailure,
@@ -17,9 +18,11 @@ from cortex.errors import (
     ShuttingDown,
     Unavailable,
 )
-from cortex.neuron.engine import LLM, DeviceWorker, EngineConfig, StepOutput
-from cortex.neuron.models import load_model
-from cortex.neuron.sampling import SamplingParams
+from cortex.neuron.engine.outputs import StepOutput
+from cortex.neuron.engine.sampling import SamplingParams
+from cortex.neuron.engine.worker import DeviceWorker
+from cortex.neuron.models.loading import load_model
+from cortex.neuron.offline import LLM
 from tests.support.checkpoints import STORIES
 
 CONFIG = EngineConfig(block_size=8, max_batch=16, max_prefill_tokens=128, cuda_graphs=False)

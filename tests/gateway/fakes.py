@@ -21,7 +21,7 @@ from aiohttp import web
 from cortex.api import sse
 from cortex.config import CortexConfig, ModelEntry, ModelsConfig, NeuronEntry
 from cortex.gateway.app import create_app
-from cortex.gateway.context import GATEWAY, Gateway
+from cortex.gateway.state import GATEWAY, Gateway
 
 GiB = 2**30
 

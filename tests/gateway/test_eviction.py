@@ -122,7 +122,7 @@ async def test_pins_are_loaded_at_start_and_kept_loaded():
             await g.settle(lambda: a.loaded() == ["m1"])
             async with g.http.post(g.url + "/fleet/unload", json={"model": "m1"}) as r:
                 assert r.status == 400  # pinned: unpin first
-            # Unloaded behind the gateway's back: the lifecycle loads it again.
+            # Unloaded behind the gateway's back: the upkeep loads it again.
             a.models["m1"].state = "available"
             await g.settle(lambda: a.loads == ["m1", "m1"])
 

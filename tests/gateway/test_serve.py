@@ -44,7 +44,7 @@ def test_no_neurons_without_local_is_a_usage_error(tmp_path):
 
 def test_gateway_never_imports_torch():
     code = (
-        "import sys, cortex.gateway.main, cortex.gateway.app, cortex.gateway.upstream;"
+        "import sys, cortex.gateway.main, cortex.gateway.app, cortex.gateway.exchange;"
         "bad = [m for m in ('torch', 'numpy', 'tokenizers', 'jinja2') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cortex.neuron.generate import generate, load
-from cortex.neuron.sampling import SamplingParams
-from cortex.neuron.textstream import assemble
+from cortex.neuron.engine.sampling import SamplingParams
+from cortex.neuron.offline import generate, load
+from cortex.neuron.text.textstream import assemble
 from tests.support.checkpoints import STORIES
 from tests.support.scripted import make_scripted_checkpoint
 

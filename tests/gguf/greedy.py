@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from cortex.neuron.attention import AttentionMetadata, KVCache
+from cortex.neuron.models.attention import AttentionMetadata, KVCache
 
 BLOCK = 16
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from tokenizers import Tokenizer as HFTokenizer
 
-from cortex.neuron.gguf_tokenizer import byte_level_bpe
+from cortex.neuron.text.gguf_tokenizer import byte_level_bpe
 from tests.conftest import FIXTURES
 
 GPT2_BYTE_LEVEL = {

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from cortex.neuron.gguf_tokenizer import tokenizer_from_gguf
-from cortex.neuron.models import load_model
 from cortex.neuron.models.gguf import gguf_config, gguf_info
 from cortex.neuron.models.gguf_file import GGUFFile
-from cortex.neuron.tokenizer import Tokenizer
+from cortex.neuron.models.loading import load_model
+from cortex.neuron.text.gguf_tokenizer import tokenizer_from_gguf
+from cortex.neuron.text.tokenizer import Tokenizer
 from tests.gguf.greedy import greedy
 from tests.gguf.writer import assert_same_file
 from tests.support.smollm2 import Unavailable, smollm2_gguf

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from gguf import GGUFWriter, TokenType
 
-from cortex.neuron.gguf_tokenizer import tokenizer_from_gguf
-from cortex.neuron.tokenizer import Tokenizer
+from cortex.neuron.text.gguf_tokenizer import tokenizer_from_gguf
+from cortex.neuron.text.tokenizer import Tokenizer
 from tests.support.checkpoints import STORIES
 
 CORPUS = [

@@ -18,11 +18,11 @@ import torch
 from gguf import GGMLQuantizationType
 
 from cortex.errors import UnsupportedQuantization
-from cortex.neuron.attention import AttentionMetadata
-from cortex.neuron.gguf_tokenizer import tokenizer_from_gguf
-from cortex.neuron.models import load_model
+from cortex.neuron.models.attention import AttentionMetadata
 from cortex.neuron.models.gguf import find_gguf, gguf_config, gguf_info, load_gguf_model
-from cortex.neuron.tokenizer import Tokenizer
+from cortex.neuron.models.loading import load_model
+from cortex.neuron.text.gguf_tokenizer import tokenizer_from_gguf
+from cortex.neuron.text.tokenizer import Tokenizer
 from tests.conftest import FIXTURES
 from tests.gguf.writer import write_gguf, write_reference
 from tests.support.checkpoints import make_tiny_checkpoint
@@ -97,7 +97,7 @@ def prefill_logits(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
 
 
 def test_config_matches_checkpoint(converted: Converted) -> None:
-    from cortex.neuron.models import ModelConfig
+    from cortex.neuron.models.model_config import ModelConfig
 
     ours, theirs = gguf_config(converted.gguf), ModelConfig.from_dir(converted.hf_dir)
     for key in (

@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from cortex.neuron.engine import LLM, DeviceWorker, EngineConfig
-from cortex.neuron.models import load_model
-from cortex.neuron.sampling import SamplingParams
+from cortex.config import EngineConfig
+from cortex.neuron.engine.sampling import SamplingParams
+from cortex.neuron.engine.worker import DeviceWorker
+from cortex.neuron.models.loading import load_model
+from cortex.neuron.offline import LLM
 from tests.decoder.paged import PagedRunner
 from tests.decoder.test_models import ARCHS, PROMPTS, hf_model
 from tests.engine.test_worker import collect

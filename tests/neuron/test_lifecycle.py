@@ -10,9 +10,9 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from cortex.neuron.lifecycle import weight_footprint
-from cortex.neuron.models import model_weight_bytes
+from cortex.neuron.manager import weight_footprint
 from cortex.neuron.models.gguf import load_gguf_model
+from cortex.neuron.models.loading import model_weight_bytes
 from cortex.neuron.registry import ModelLocation, describe
 from tests.conftest import FIXTURES
 from tests.gguf.writer import write_gguf

@@ -11,9 +11,9 @@ import pytest
 
 from cortex.api import openai, sse
 from cortex.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
-from cortex.neuron import devices
-from cortex.neuron.json_mode import JsonGuard
+from cortex.neuron.engine import devices
 from cortex.neuron.registry import ModelRegistry, check_id
+from cortex.neuron.text.json_mode import JsonGuard
 from tests.support.checkpoints import STORIES
 
 HELLO = [{"role": "user", "content": "hi"}]

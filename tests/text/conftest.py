@@ -7,7 +7,7 @@ from functools import lru_cache
 
 import pytest
 
-from cortex.neuron.tokenizer import Tokenizer
+from cortex.neuron.text.tokenizer import Tokenizer
 from tests.conftest import FIXTURES
 
 

@@ -10,8 +10,8 @@ import tokenizers
 from transformers import AutoTokenizer
 
 from cortex.errors import InvalidRequest
-from cortex.neuron.chat_template import normalize_messages, render_chat_template
-from cortex.neuron.tokenizer import Tokenizer, generation_defaults
+from cortex.neuron.text.chat_template import normalize_messages, render_chat_template
+from cortex.neuron.text.tokenizer import Tokenizer, generation_defaults
 from tests.conftest import FIXTURES
 
 MODELS = ["qwen3", "qwen2.5", "llama3.2"]

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from cortex.neuron.detokenizer import IncrementalDetokenizer
+from cortex.neuron.text.detokenizer import IncrementalDetokenizer
 
 PIECES = [
     "the",

@@ -7,14 +7,14 @@ import random
 
 import pytest
 
-from cortex.neuron.parsers import (
+from cortex.neuron.text.parsers import (
     ReasoningSplitter,
     StopMatcher,
     parse_tool_calls,
     split_reasoning,
 )
-from cortex.neuron.textstream import TextStream, assemble
-from cortex.neuron.tokenizer import Tokenizer
+from cortex.neuron.text.textstream import TextStream, assemble
+from cortex.neuron.text.tokenizer import Tokenizer
 from tests.conftest import FIXTURES
 
 USER = [{"role": "user", "content": "hi"}]

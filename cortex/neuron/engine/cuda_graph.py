@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING
 
 import torch
 
-from cortex.neuron.attention import AttentionMetadata
-
-if TYPE_CHECKING:
-    from cortex.neuron.engine.model_runner import ModelRunner
+from cortex.neuron.models.architectures import CausalLM
+from cortex.neuron.models.attention import AttentionMetadata
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +40,20 @@ def capture_stream(device: torch.device) -> torch.cuda.Stream:
 
 
 class DecodeGraphs:
-    """Captures the runner's model for every decode bucket at construction."""
+    """Captures `model` for every decode bucket at construction. `width` is the block-table
+    width of the longest context; padded rows write to `scratch_block`."""
 
-    def __init__(self, runner: ModelRunner, max_batch: int) -> None:
-        self.model = runner.model
-        self.width = runner.max_blocks_per_seq
+    def __init__(
+        self, model: CausalLM, max_batch: int, width: int, block_size: int, scratch_block: int
+    ) -> None:
+        self.model = model
+        self.width = width
         self.buckets = batch_buckets(max_batch)
-        device = runner.device
+        device = model.device
         size = self.buckets[-1]
-        scratch = runner.scratch_block
-        self.block_size = runner.block_size
-        self.pad_slot = scratch * runner.block_size
+        scratch = scratch_block
+        self.block_size = block_size
+        self.pad_slot = scratch * block_size
         self.pad_block = scratch
         self.input_ids = torch.zeros(size, dtype=torch.long, device=device)
         self.positions = torch.zeros(size, dtype=torch.long, device=device)

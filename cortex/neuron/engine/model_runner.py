@@ -18,12 +18,13 @@ from dataclasses import dataclass
 
 import torch
 
+from cortex.config import EngineConfig
 from cortex.errors import InsufficientMemory
-from cortex.neuron.attention import AttentionMetadata, KVCache
-from cortex.neuron.engine.config import EngineConfig
+from cortex.neuron.engine.cuda_graph import DecodeGraphs
+from cortex.neuron.engine.sampling import Sampler, SamplingBatch, make_generator
 from cortex.neuron.engine.scheduler import ScheduledBatch
 from cortex.neuron.engine.sequence import Sequence
-from cortex.neuron.sampling import Sampler, SamplingBatch, make_generator
+from cortex.neuron.models.attention import AttentionMetadata, KVCache
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +93,12 @@ class ModelRunner:
         if config.cuda_graphs and self.device.type == "cuda":
             self.graphs = self._capture_graphs(config.max_batch)
 
-    def _capture_graphs(self, max_batch: int):
+    def _capture_graphs(self, max_batch: int) -> DecodeGraphs | None:
         """Decode CUDA graphs, or None (eager decode) when capture fails."""
-        from cortex.neuron.engine.cuda_graph import DecodeGraphs
-
         try:
-            return DecodeGraphs(self, max_batch)
+            return DecodeGraphs(
+                self.model, max_batch, self.max_blocks_per_seq, self.block_size, self.scratch_block
+            )
         except Exception:
             log.exception("CUDA graph capture failed; decoding eagerly")
             torch.cuda.synchronize(self.device)

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from cortex.neuron.engine.outputs import StepOutput
-
-if TYPE_CHECKING:
-    from cortex.neuron.engine.worker import DeviceWorker
 
 _END = object()
 
@@ -21,10 +18,12 @@ class RequestHandle:
     next step. Use a handle only from the event loop that created it.
     """
 
-    def __init__(self, worker: DeviceWorker, model_id: str, prompt_tokens: int) -> None:
+    def __init__(
+        self, model_id: str, prompt_tokens: int, on_cancel: Callable[[RequestHandle], None]
+    ) -> None:
         self.model_id = model_id
         self.prompt_tokens = prompt_tokens
-        self._worker = worker
+        self._on_cancel = on_cancel  # tells the owning worker to drop the request
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._closed = False  # no more items will be queued
         self._ended = False  # the consumer has seen the end
@@ -61,7 +60,7 @@ class RequestHandle:
         while not self._queue.empty():  # outputs not yet read are dropped
             self._queue.get_nowait()
         self._queue.put_nowait(_END)
-        self._worker.cancel_request(self)
+        self._on_cancel(self)
 
     def deliver(self, item: StepOutput | BaseException) -> None:
         """Queue an output or error (called on the event loop by the worker)."""

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from cortex.config import EngineConfig
 from cortex.errors import (
     CortexError,
     EngineFailure,
@@ -29,12 +30,11 @@ from cortex.errors import (
     ShuttingDown,
     Unavailable,
 )
-from cortex.neuron.devices import describe as describe_device
-from cortex.neuron.engine.config import EngineConfig
-from cortex.neuron.engine.engine import LLMEngine, check_prompt
+from cortex.neuron.engine.devices import describe as describe_device
+from cortex.neuron.engine.llm_engine import LLMEngine, check_prompt
 from cortex.neuron.engine.outputs import EngineStats, LoadedInfo, StepOutput
 from cortex.neuron.engine.request import RequestHandle
-from cortex.neuron.models import load_model
+from cortex.neuron.models.loading import load_model
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class DeviceWorker:
         if info is None:
             raise ModelNotFound(f"model {model_id!r} is not loaded on {self.device}")
         check_prompt(prompt_ids, info.max_context)
-        handle = RequestHandle(self, model_id, len(prompt_ids))
+        handle = RequestHandle(model_id, len(prompt_ids), self.cancel_request)
         self._post(self._add_request, handle, list(prompt_ids), params)
         return handle
 

@@ -26,11 +26,11 @@ import torch
 from gguf import LlamaFileType
 
 from cortex.errors import ModelLoadFailed, UnsupportedArchitecture
-from cortex.neuron.models.config import ModelConfig
+from cortex.neuron.models.architectures import CausalLM, build_model
 from cortex.neuron.models.dequant import check_supported, dequantize
+from cortex.neuron.models.dtypes import default_dtype, parse_dtype
 from cortex.neuron.models.gguf_file import GGUFFile
-from cortex.neuron.models.llama import LlamaForCausalLM
-from cortex.neuron.models.loader import parse_dtype
+from cortex.neuron.models.model_config import ModelConfig
 
 ARCHITECTURES = {"llama", "qwen2", "qwen3"}
 # The only architecture whose Q/K rows llama.cpp's converter permutes.
@@ -231,20 +231,13 @@ def iter_weights(
         yield name, weight
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on accelerators, fp32 on CPU (quantized weights carry no dtype of their own)."""
-    return torch.float32 if device.type == "cpu" else torch.bfloat16
-
-
 def load_gguf_model(
     path: str | Path, device: torch.device | str, dtype: torch.dtype | str | None = None
-) -> LlamaForCausalLM:
+) -> CausalLM:
     """Build the `CausalLM` a GGUF file describes, weights dequantized on `device`.
 
     `dtype` None means bf16 on accelerators and fp32 on CPU.
     """
-    from cortex.neuron.models import build_model  # the package imports this module lazily
-
     device = torch.device(device)
     dtype = parse_dtype(dtype) if dtype is not None else default_dtype(device)
     file = find_gguf(path)
@@ -301,7 +294,3 @@ def gguf_info(path: str | Path) -> dict[str, Any]:
     if file is None:
         raise ModelLoadFailed(f"no GGUF file at {path}")
     return dict(_info(file.resolve(), file.stat().st_mtime_ns))
-
-
-# The name the neuron's registry (`cortex/neuron/registry.py: gguf_summary`) calls.
-describe_gguf = gguf_info

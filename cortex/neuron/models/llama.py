@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cortex.errors import ModelLoadFailed
-from cortex.neuron.attention import (
+from cortex.neuron.models.attention import (
     AttentionMetadata,
     KVCache,
     decode_attention,
@@ -27,7 +27,7 @@ from cortex.neuron.attention import (
     store_kv,
     with_decode_inputs,
 )
-from cortex.neuron.models.config import ModelConfig
+from cortex.neuron.models.model_config import ModelConfig
 from cortex.neuron.models.rope import Rotary, apply_rope
 
 

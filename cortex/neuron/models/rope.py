@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from cortex.neuron.models.config import ModelConfig
+from cortex.neuron.models.model_config import ModelConfig
 
 
 class Rotary:

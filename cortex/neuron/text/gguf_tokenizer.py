@@ -37,7 +37,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from cortex.errors import ModelLoadFailed, UnsupportedArchitecture
 from cortex.neuron.models.gguf import find_gguf, open_gguf
 from cortex.neuron.models.gguf_file import GGUFFile
-from cortex.neuron.tokenizer import Tokenizer
+from cortex.neuron.text.tokenizer import Tokenizer
 
 SPACE = "\u2581"  # SentencePiece's visible space, "▁"
 

@@ -12,17 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from cortex.errors import InvalidRequest, ModelNotFound, NotFound
 from cortex.gateway.catalogue import catalogue, locations
-from cortex.gateway.context import GATEWAY, MODEL, NEURON, Gateway
-from cortex.gateway.proxy import parse_body
-
-
-def _json(obj: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
+from cortex.gateway.state import GATEWAY, MODEL, NEURON, Gateway
+from cortex.web import json_response, read_object
 
 
 async def root(_: web.Request) -> web.Response:
@@ -35,7 +30,7 @@ async def health(request: web.Request) -> web.Response:
     fleet = request.app[GATEWAY].fleet
     total = len(fleet.neurons)
     up = len(fleet.up())
-    return _json(
+    return json_response(
         {"status": "ok" if up == total else "degraded", "neurons": {"up": up, "total": total}}
     )
 
@@ -43,7 +38,7 @@ async def health(request: web.Request) -> web.Response:
 async def models(request: web.Request) -> web.Response:
     """`GET /v1/models`: the merged catalogue."""
     gw = request.app[GATEWAY]
-    return _json(catalogue(gw.fleet, gw.models, gw.pins))
+    return json_response(catalogue(gw.fleet, gw.models, gw.pins))
 
 
 async def fleet(request: web.Request) -> web.Response:
@@ -51,7 +46,7 @@ async def fleet(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     ids = sorted({m for n in gw.fleet for m, p in n.models.items() if p.state != "available"})
     ids += [m for m, _ in gw.pins.items() if m not in ids]
-    return _json(
+    return json_response(
         {
             "neurons": [n.to_json() for n in gw.fleet],
             "models": [
@@ -64,7 +59,7 @@ async def fleet(request: web.Request) -> web.Response:
 
 async def _target(request: web.Request) -> tuple[Gateway, dict[str, Any], str, str | None]:
     gw = request.app[GATEWAY]
-    body = parse_body(await request.read())
+    body = await read_object(request)
     model = body.get("model")
     neuron = body.get("neuron")
     if not isinstance(model, str) or not model:
@@ -93,7 +88,7 @@ async def load(request: web.Request) -> web.Response:
     """`POST /fleet/load`."""
     gw, _, model, neuron = await _target(request)
     name = await _ensure_loaded(gw, model, neuron)
-    return _json({"model": model, "neuron": name, "state": "loaded"})
+    return json_response({"model": model, "neuron": name, "state": "loaded"})
 
 
 async def unload(request: web.Request) -> web.Response:
@@ -114,7 +109,9 @@ async def unload(request: web.Request) -> web.Response:
     for n, place in targets:
         await gw.router.unload(n, place)
     names = [n.name for n, _ in targets]
-    return _json({"model": model, "neuron": names[0], "neurons": names, "state": "unloaded"})
+    return json_response(
+        {"model": model, "neuron": names[0], "neurons": names, "state": "unloaded"}
+    )
 
 
 async def pin(request: web.Request) -> web.Response:
@@ -125,7 +122,7 @@ async def pin(request: web.Request) -> web.Response:
         raise InvalidRequest("'pinned' must be true or false", param="pinned")
     if not pinned:
         gw.pins.unpin(model, neuron)
-        return _json({"model": model, "neuron": neuron, "pinned": False})
+        return json_response({"model": model, "neuron": neuron, "pinned": False})
     gw.pins.pin(model, neuron)
     name = await _ensure_loaded(gw, model, neuron)
-    return _json({"model": model, "neuron": name, "pinned": True, "state": "loaded"})
+    return json_response({"model": model, "neuron": name, "pinned": True, "state": "loaded"})

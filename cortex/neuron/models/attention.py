@@ -14,13 +14,11 @@ sync, so a CUDA graph can capture it.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:  # models imports this module: a runtime import would be circular
-    from cortex.neuron.models.config import ModelConfig
+from cortex.neuron.models.model_config import ModelConfig
 
 
 @dataclass

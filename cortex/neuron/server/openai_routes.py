@@ -24,9 +24,9 @@ from cortex.api import openai, sse
 from cortex.api.openai import GenerationRequest
 from cortex.errors import CortexError
 from cortex.neuron.generation import Generation, Piece
-from cortex.neuron.http import json_response, read_object
-from cortex.neuron.prompts import build_prompt
-from cortex.neuron.state import STATE
+from cortex.neuron.server.state import STATE
+from cortex.neuron.text.prompts import build_prompt
+from cortex.web import json_response, read_object, start_sse
 
 log = logging.getLogger("cortex.neuron")
 CLIENT_GONE = 499  # nginx's status for "client closed request", used in logs and metrics
@@ -60,7 +60,7 @@ def _client_gone(request: web.Request) -> bool:
 async def _generate(request: web.Request, req: GenerationRequest) -> web.StreamResponse:
     state = request.app[STATE]
     model = state.manager.get(req.model)
-    prompt_ids = await asyncio.to_thread(build_prompt, model, req)
+    prompt_ids = await asyncio.to_thread(build_prompt, model.tokenizer, req)
     gen = Generation(model, req, prompt_ids, state.metrics)
     rid, created = openai.new_id(req.kind), openai.now()
     status = 200
@@ -105,8 +105,7 @@ async def _stream(
     request: web.Request, gen: Generation, rid: str, created: int
 ) -> tuple[web.StreamResponse, int]:
     prompt_tokens = {openai.PROMPT_TOKENS_HEADER: str(len(gen.prompt_ids))}
-    response = web.StreamResponse(headers={**sse.HEADERS, **prompt_tokens})
-    await response.prepare(request)
+    response = await start_sse(request, prompt_tokens)
     try:
         status = await _stream_events(request, gen, response, rid, created)
         await response.write(sse.DONE)

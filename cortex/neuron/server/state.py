@@ -10,16 +10,13 @@ import asyncio
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from cortex.config import NeuronConfig
+from cortex.neuron.manager import ModelManager
 from cortex.neuron.metrics import NeuronMetrics
 from cortex.neuron.registry import ModelRegistry
-
-if TYPE_CHECKING:
-    from cortex.neuron.lifecycle import ModelManager
 
 
 @dataclass

@@ -24,15 +24,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cortex.neuron.detokenizer import IncrementalDetokenizer
-from cortex.neuron.parsers import (
+from cortex.neuron.text.detokenizer import IncrementalDetokenizer
+from cortex.neuron.text.parsers import (
     Delta,
     ReasoningSplitter,
     StopMatcher,
     ToolParser,
     make_tool_parser,
 )
-from cortex.neuron.tokenizer import THINK_TAGS, Tokenizer
+from cortex.neuron.text.tokenizer import THINK_TAGS, Tokenizer
 
 __all__ = ["ChatResult", "Delta", "TextStream", "assemble"]
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from cortex.api.openai import GenerationRequest
 from cortex.errors import InvalidRequest
+from cortex.neuron.text.tokenizer import Tokenizer
 
 JSON_PREFIX = "{"
 
@@ -25,9 +26,8 @@ def template_kwargs(req: GenerationRequest) -> dict[str, Any]:
     return kwargs
 
 
-def build_prompt(model: Any, req: GenerationRequest) -> list[int]:
-    """Prompt token ids of `req` for `model` (a LoadedModel); 400 for unusable input."""
-    tokenizer = model.tokenizer
+def build_prompt(tokenizer: Tokenizer, req: GenerationRequest) -> list[int]:
+    """Prompt token ids of `req` for a model with `tokenizer`; 400 for unusable input."""
     if req.kind == "chat":
         ids = tokenizer.encode_chat(req.messages, req.tools, True, **template_kwargs(req))
     elif isinstance(req.prompt, str):

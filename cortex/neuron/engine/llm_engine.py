@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
+from cortex.config import EngineConfig
 from cortex.errors import ContextLengthExceeded, InvalidRequest
 from cortex.neuron.engine.block_manager import BlockManager
-from cortex.neuron.engine.config import EngineConfig
 from cortex.neuron.engine.model_runner import ModelRunner, SampledTokens
 from cortex.neuron.engine.outputs import EngineStats, StepOutput
 from cortex.neuron.engine.scheduler import Scheduler

@@ -21,7 +21,7 @@ from typing import Any
 import tokenizers
 
 from cortex.errors import InvalidRequest, ModelLoadFailed
-from cortex.neuron.chat_template import ChatTemplate, load_chat_template, render_chat_template
+from cortex.neuron.text.chat_template import ChatTemplate, load_chat_template, render_chat_template
 
 THINK_TAGS = ("<think>", "</think>")
 
@@ -228,15 +228,3 @@ class Tokenizer:
         """Token ids of `render_chat(...)`, tokenized as `apply_chat_template(tokenize=True)`."""
         text = self.render_chat(messages, tools, add_generation_prompt, **template_kwargs)
         return self.encode(text, add_special_tokens=False)
-
-
-def load_tokenizer(path: Path | str) -> Tokenizer:
-    """The tokenizer of a model: from a GGUF file's metadata, or a model directory's files."""
-    from cortex.neuron.models.gguf import find_gguf
-
-    gguf = find_gguf(path)
-    if gguf is not None:
-        from cortex.neuron.gguf_tokenizer import tokenizer_from_gguf
-
-        return tokenizer_from_gguf(gguf)
-    return Tokenizer.from_dir(path)

@@ -1,4 +1,10 @@
-"""The neuron's aiohttp application: factory, route table, background contexts.
+"""The neuron's aiohttp application: factory, route table, middlewares, background contexts.
+
+Middlewares, outermost first: errors in the OpenAI envelope (cortex.web); with `token` set in
+neuron.toml, the bearer token on every route but `/health`; the gate: bodies declared larger
+than `max_body_bytes` get 413 before they are read (a chunked body is cut off while reading,
+also 413), and while draining every route but `/health` and `/metrics` answers 503
+`shutting_down` with Retry-After.
 
 `create_app(config)` builds everything from a `NeuronConfig`; the device workers start and stop
 with the app (`cleanup_ctx`), and preloads run in the background after start so `/health`
@@ -15,25 +21,28 @@ from pathlib import Path
 from aiohttp import web
 
 from cortex.config import NeuronConfig
-from cortex.neuron import lifecycle_routes, openai_routes
-from cortex.neuron.devices import select_devices
-from cortex.neuron.http import auth, errors, gatekeeper
-from cortex.neuron.lifecycle import ModelManager
+from cortex.errors import ShuttingDown
+from cortex.neuron.engine.devices import select_devices
+from cortex.neuron.manager import ModelManager
 from cortex.neuron.metrics import NeuronMetrics
 from cortex.neuron.registry import ModelRegistry
-from cortex.neuron.state import STATE, NeuronState
+from cortex.neuron.server import control_routes, openai_routes
+from cortex.neuron.server.state import STATE, NeuronState
+from cortex.web import Handler, error_middleware, key_auth, payload_too_large
 
 log = logging.getLogger("cortex.neuron")
+OPEN_PATHS = frozenset({"/health"})
+DRAIN_OPEN_PATHS = frozenset({"/health", "/metrics"})
 
 ROUTES = [
-    web.get("/health", lifecycle_routes.health),
-    web.get("/models", lifecycle_routes.list_models),
-    web.post("/models/load", lifecycle_routes.load),
-    web.post("/models/unload", lifecycle_routes.unload),
-    web.post("/memory/release", lifecycle_routes.release_memory),
-    web.get("/models/{id:.+}/endpoint", lifecycle_routes.endpoint),
-    web.post("/tokenize", lifecycle_routes.tokenize),
-    web.get("/metrics", lifecycle_routes.metrics),
+    web.get("/health", control_routes.health),
+    web.get("/models", control_routes.list_models),
+    web.post("/models/load", control_routes.load),
+    web.post("/models/unload", control_routes.unload),
+    web.post("/memory/release", control_routes.release_memory),
+    web.get("/models/{id:.+}/endpoint", control_routes.endpoint),
+    web.post("/tokenize", control_routes.tokenize),
+    web.get("/metrics", control_routes.metrics),
     web.get("/v1/models", openai_routes.list_models),
     web.post("/v1/chat/completions", openai_routes.chat_completions),
     web.post("/v1/completions", openai_routes.completions),
@@ -42,9 +51,9 @@ ROUTES = [
 
 def create_app(config: NeuronConfig, public_url: str = "http://127.0.0.1:13131") -> web.Application:
     """The neuron app for `config`; `public_url` is what `/models/{id}/endpoint` answers."""
-    from cortex.neuron.engine import DeviceWorker, EngineConfig
+    from cortex.neuron.engine.worker import DeviceWorker
 
-    engine_config = EngineConfig.from_section(config.engine)
+    engine_config = config.engine
     device_list = select_devices(config.neuron.devices)
     workers = {d: DeviceWorker(d, engine_config) for d in device_list}
     registry = ModelRegistry(
@@ -63,14 +72,31 @@ def create_app(config: NeuronConfig, public_url: str = "http://127.0.0.1:13131")
     )
     if config.neuron.name:
         state.node = config.neuron.name
+    middlewares = [error_middleware()]
+    if config.neuron.token:
+        middlewares.append(
+            key_auth([config.neuron.token], OPEN_PATHS, "missing or wrong bearer token")
+        )
+    middlewares.append(_gate)
     app = web.Application(
-        middlewares=[errors, auth, gatekeeper], client_max_size=int(config.neuron.max_body_bytes)
+        middlewares=middlewares, client_max_size=int(config.neuron.max_body_bytes)
     )
     app[STATE] = state
     app.add_routes(ROUTES)
     app.cleanup_ctx.append(_workers)
     app.cleanup_ctx.append(_preload)
     return app
+
+
+@web.middleware
+async def _gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Early 413 for declared-oversized bodies; 503 `shutting_down` while draining."""
+    limit = request.client_max_size
+    if request.content_length is not None and request.content_length > limit:
+        raise payload_too_large(request)
+    if request.app[STATE].draining and request.path not in DRAIN_OPEN_PATHS:
+        raise ShuttingDown("this neuron is shutting down", retry_after=5.0)
+    return await handler(request)
 
 
 async def _workers(app: web.Application) -> AsyncIterator[None]:

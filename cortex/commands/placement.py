@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from cortex.commands.http import Client, gateway_url
+from cortex.commands.client import Client, gateway_url
 from cortex.output import Output, Ticker
 
 # The gateway holds a load up to its cold_load_timeout (15 minutes by default); wait longer

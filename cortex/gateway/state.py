@@ -2,9 +2,9 @@
 
 Built by `create_app`; `start()` (from the app's cleanup context) opens the connection pool,
 makes one `NeuronClient` per configured neuron, polls them all once (so the first request
-already knows the fleet) and starts the poller and lifecycle tasks; `close()` stops them.
-Per-request values the middleware reads for metrics live in the request under `ARRIVED`,
-`MODEL` and `NEURON`.
+already knows the fleet) and starts the poller and upkeep tasks; `close()` stops them.
+Per-request values the request metrics read live in the request under `ARRIVED`, `MODEL` and
+`NEURON`; `count_request` is the one place that counts requests and errors.
 """
 
 from __future__ import annotations
@@ -18,21 +18,28 @@ from aiohttp import web
 from cortex.config import CortexConfig, NeuronEntry
 from cortex.errors import ConfigError
 from cortex.gateway.fleet import Fleet, Neuron
-from cortex.gateway.lifecycle import Lifecycle
 from cortex.gateway.metrics import Metrics
 from cortex.gateway.neuron_client import NeuronClient
-from cortex.gateway.openai_upstream import OpenAIUpstreamClient
+from cortex.gateway.openai_backend import OpenAIBackend
 from cortex.gateway.pins import Pins
 from cortex.gateway.poller import Poller
 from cortex.gateway.router import Router
+from cortex.gateway.upkeep import Upkeep
 
+APIS = {
+    "/v1/chat/completions": "chat.completions",
+    "/v1/completions": "completions",
+    "/v1/messages": "messages",
+    "/v1/messages/count_tokens": "count_tokens",
+    "/v1/models": "models",
+}
 ARRIVED = web.RequestKey("cortex.arrived", float)
 MODEL = web.RequestKey("cortex.model", str)
 NEURON = web.RequestKey("cortex.neuron", str)
 
 
 class Gateway:
-    """Config, fleet, router, lifecycle, metrics and the upstream connection pool."""
+    """Config, fleet, router, upkeep, metrics and the upstream connection pool."""
 
     def __init__(self, config: CortexConfig) -> None:
         self.config = config
@@ -43,7 +50,7 @@ class Gateway:
         self.metrics = Metrics(self.fleet)
         self.poller = Poller(self.fleet, float(section.poll_interval))
         self.router = Router(config, self.fleet, self.poller, self.metrics, self.pins)
-        self.lifecycle = Lifecycle(config, self.fleet, self.router, self.pins)
+        self.upkeep = Upkeep(config, self.fleet, self.router, self.pins)
         # Streams: a read timeout for stalls, never a total one (a long answer is fine).
         self.proxy_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=10, sock_read=float(section.stream_read_timeout) or None
@@ -52,7 +59,7 @@ class Gateway:
         self._tasks: list[asyncio.Task] = []
 
     def _client(self, entry: NeuronEntry, session: aiohttp.ClientSession) -> NeuronClient:
-        cls = OpenAIUpstreamClient if entry.kind == "openai" else NeuronClient
+        cls = OpenAIBackend if entry.kind == "openai" else NeuronClient
         timeout = float(self.config.gateway.poll_interval) * 2 + 3
         return cls(
             entry.name,
@@ -76,8 +83,19 @@ class Gateway:
         await self.poller.poll_all()
         self._tasks = [
             asyncio.ensure_future(self.poller.run()),
-            asyncio.ensure_future(self.lifecycle.run()),
+            asyncio.ensure_future(self.upkeep.run()),
         ]
+
+    def count_request(self, request: web.Request, reason: str | None, status: int | None) -> None:
+        """Count an error by `reason` and/or a finished request by `status` (None: skip it)."""
+        metrics = self.metrics
+        model, neuron = request.get(MODEL, ""), request.get(NEURON, "")
+        if reason is not None:
+            metrics.of(metrics.errors, reason, model, neuron).inc()
+        if status is not None:
+            path = request.path
+            api = APIS.get(path) or ("fleet" if path.startswith("/fleet") else "other")
+            metrics.of(metrics.requests, api, str(status), model, neuron).inc()
 
     async def close(self) -> None:
         """Stop the background tasks and close the pool."""

@@ -15,11 +15,12 @@ from aiohttp import web
 from cortex import __version__
 from cortex.api import openai
 from cortex.errors import InvalidRequest
-from cortex.neuron import devices, registry
-from cortex.neuron.http import json_response, read_object
+from cortex.neuron import registry
+from cortex.neuron.engine import devices
 from cortex.neuron.metrics import CONTENT_TYPE
-from cortex.neuron.prompts import build_prompt
-from cortex.neuron.state import STATE, NeuronState
+from cortex.neuron.server.state import STATE, NeuronState
+from cortex.neuron.text.prompts import build_prompt
+from cortex.web import json_response, read_object
 
 
 async def health(request: web.Request) -> web.Response:
@@ -180,7 +181,7 @@ async def tokenize(request: web.Request) -> web.Response:
     else:
         raise InvalidRequest("give 'messages' or 'prompt'", param="messages")
     model = state.manager.get(req.model)
-    ids = await asyncio.to_thread(build_prompt, model, req)
+    ids = await asyncio.to_thread(build_prompt, model.tokenizer, req)
     answer: dict[str, Any] = {"count": len(ids), "max_context": model.max_context}
     if body.get("return_tokens", True):
         answer["tokens"] = ids

@@ -1,4 +1,4 @@
-"""Model lifecycle in the background: pins, idle unloads and defrag (DESIGN.md section 5).
+"""Upkeep in the background: pinned models kept loaded, idle unloads and defrag.
 
 Every tick (the poll interval, at least 0.2 s):
 - pins: a pinned model not loaded where its pin says (any allowed neuron, or the named one) and
@@ -30,7 +30,7 @@ log = logging.getLogger("cortex.gateway")
 PIN_RETRY_S = 30.0
 
 
-class Lifecycle:
+class Upkeep:
     """Pins, idle unloads and defrag for the whole fleet."""
 
     def __init__(self, config: CortexConfig, fleet: Fleet, router: Router, pins: Pins) -> None:

@@ -1,4 +1,6 @@
-"""`generate()`: the small synchronous Python API over one model, for scripts and notebooks.
+"""The offline Python API, on the calling thread: `LLM` (token ids in, token ids out, every
+prompt batched through one engine: tests, scripts, benchmarks) and `load`/`generate()` (text in,
+deltas out, for scripts and notebooks).
 
     model = load("models/stories260k")
     for delta in generate(model, "Once upon a time", SamplingParams(max_tokens=32)):
@@ -19,13 +21,53 @@ from typing import Any
 
 import torch
 
-from cortex.neuron.engine import LLM
-from cortex.neuron.parsers import Delta
-from cortex.neuron.sampling import SamplingParams
-from cortex.neuron.textstream import TextStream
-from cortex.neuron.tokenizer import Tokenizer, load_tokenizer
+from cortex.config import EngineConfig
+from cortex.neuron.engine.llm_engine import LLMEngine
+from cortex.neuron.engine.sampling import SamplingParams
+from cortex.neuron.models.loading import load_model
+from cortex.neuron.text import load_tokenizer
+from cortex.neuron.text.parsers import Delta
+from cortex.neuron.text.textstream import TextStream
+from cortex.neuron.text.tokenizer import Tokenizer
 
 Prompt = str | Sequence[dict[str, Any]] | Sequence[int]
+
+
+class LLM:
+    """`LLM(path).generate(prompts, params)`: every prompt batched through one engine."""
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        device: str = "cpu",
+        dtype: torch.dtype | str | None = None,
+        *,
+        config: EngineConfig | None = None,
+        max_context: int | None = None,
+        model: torch.nn.Module | None = None,
+    ) -> None:
+        if model is None:
+            if path is None:
+                raise ValueError("LLM needs a model path or a model")
+            model = load_model(Path(path), torch.device(device), dtype)
+        self.engine = LLMEngine(model, config or EngineConfig(), max_context)
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams | list[SamplingParams] | None = None,
+    ) -> list[list[int]]:
+        """Generated token ids for each prompt (a stop/EOS token that ended one excluded)."""
+        if params is None:
+            params = SamplingParams()
+        if not isinstance(params, list):
+            params = [params] * len(prompts)
+        seqs = [self.engine.add_request(p, sp) for p, sp in zip(prompts, params, strict=True)]
+        outputs: dict[int, list[int]] = {s.seq_id: [] for s in seqs}
+        while self.engine.has_work:
+            for seq, out in self.engine.step():
+                outputs[seq.seq_id].extend(out.token_ids)
+        return [outputs[s.seq_id] for s in seqs]
 
 
 @dataclass

@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 
 from cortex.errors import ModelLoadFailed
+from cortex.neuron.models.dtypes import parse_dtype
 
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -24,23 +25,6 @@ _ST_SIZES = {
     "F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
     "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
 }  # fmt: skip
-
-# Names accepted for a dtype wherever a user or config names one.
-DTYPE_NAMES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-}  # fmt: skip
-
-
-def parse_dtype(value: torch.dtype | str) -> torch.dtype:
-    """`torch.bfloat16`, "bfloat16", "bf16", "torch.float16", ... -> torch.dtype."""
-    if isinstance(value, torch.dtype):
-        return value
-    name = value.lower().removeprefix("torch.")
-    if name not in DTYPE_NAMES:
-        raise ModelLoadFailed(f"unsupported dtype {value!r}; use bfloat16, float16 or float32")
-    return DTYPE_NAMES[name]
 
 
 def safetensors_files(path: Path) -> list[Path]:
@@ -84,16 +68,11 @@ def _header(file: Path) -> dict:
         return json.loads(f.read(size))
 
 
-def model_weight_bytes(path: str | Path, dtype: torch.dtype | str | None = None) -> int:
+def safetensors_weight_bytes(path: Path, dtype: torch.dtype | str | None = None) -> int:
     """Bytes the weights take once loaded in `dtype` (stored dtype when None); reads headers only.
 
     Tensors the model does not keep (RoPE buffers, a tied lm_head copy) are not counted.
     """
-    path = Path(path)
-    from cortex.neuron.models.gguf import find_gguf, gguf_weight_bytes  # lazy: gguf imports us
-
-    if find_gguf(path) is not None:  # GGUF: the dequantized size (fp32 when dtype is None)
-        return gguf_weight_bytes(path, dtype)
     target = parse_dtype(dtype).itemsize if dtype is not None else None
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     tied = bool(config.get("tie_word_embeddings", False))

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from cortex.neuron.tokenizer import Tokenizer
+    from cortex.neuron.text.tokenizer import Tokenizer
 
 # Prompt tokens kept as context for the first generated token (as vLLM does).
 _CONTEXT_TOKENS = 5

@@ -23,15 +23,26 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
+from cortex.config import EngineConfig
 from cortex.errors import (
     InsufficientMemory,
     InvalidRequest,
     ModelNotFound,
 )
-from cortex.neuron import devices
+from cortex.neuron.engine import devices
+from cortex.neuron.engine.outputs import EngineStats, LoadedInfo
+from cortex.neuron.engine.request import RequestHandle
+from cortex.neuron.engine.worker import DeviceWorker
 from cortex.neuron.metrics import NeuronMetrics
+from cortex.neuron.models.dtypes import default_dtype, parse_dtype, resolve_dtype
+from cortex.neuron.models.gguf import gguf_config
+from cortex.neuron.models.loading import model_weight_bytes
+from cortex.neuron.models.model_config import ModelConfig
 from cortex.neuron.registry import ModelLocation, ModelRegistry, check_id
-from cortex.neuron.tokenizer import load_tokenizer
+from cortex.neuron.text import load_tokenizer
+from cortex.neuron.text.tokenizer import Tokenizer, generation_defaults
 
 log = logging.getLogger("cortex.neuron")
 
@@ -43,13 +54,13 @@ class LoadedModel:
     id: str
     location: ModelLocation
     device: str
-    worker: Any  # cortex.neuron.engine.DeviceWorker
-    tokenizer: Any  # cortex.neuron.tokenizer.Tokenizer
+    worker: DeviceWorker
+    tokenizer: Tokenizer
     defaults: dict[str, Any]
-    info: Any  # cortex.neuron.engine.LoadedInfo
+    info: LoadedInfo
     arch: str | None
     created: int = field(default_factory=lambda: int(time.time()))
-    handles: set[Any] = field(default_factory=set)
+    handles: set[RequestHandle] = field(default_factory=set)
     unloaded: bool = False
 
     @property
@@ -57,12 +68,12 @@ class LoadedModel:
         """Usable context (the engine may cut it to what its KV cache holds)."""
         return int(self.info.max_context)
 
-    def stats(self) -> Any:
+    def stats(self) -> EngineStats:
         """The engine's stats snapshot for this model."""
         return self.worker.stats(self.id)
 
 
-def _kv_bytes_per_token(config: Any, itemsize: int) -> int:
+def _kv_bytes_per_token(config: ModelConfig, itemsize: int) -> int:
     return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * itemsize
 
 
@@ -72,8 +83,8 @@ class ModelManager:
     def __init__(
         self,
         registry: ModelRegistry,
-        workers: dict[str, Any],
-        engine_config: Any,
+        workers: dict[str, DeviceWorker],
+        engine_config: EngineConfig,
         metrics: NeuronMetrics,
     ) -> None:
         self.registry = registry
@@ -96,7 +107,7 @@ class ModelManager:
             )
         return model
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, EngineStats]:
         """Engine stats per loaded model (for metrics)."""
         return {m.id: m.stats() for m in list(self.models.values())}
 
@@ -227,17 +238,11 @@ class ModelManager:
 
 def weight_footprint(
     location: ModelLocation, device: str, dtype: str | None
-) -> tuple[Any, Any, int]:
+) -> tuple[ModelConfig, torch.dtype, int]:
     """(ModelConfig, torch dtype it will run in, weight bytes in that dtype), reading headers
     only: a GGUF counts dequantized, not at its file size. Raises `UnsupportedArchitecture`
     (422) for a model the decoder cannot run."""
-    import torch
-
-    from cortex.neuron.models import ModelConfig, model_weight_bytes, parse_dtype, resolve_dtype
-
     if location.format == "gguf":
-        from cortex.neuron.models.gguf import default_dtype, gguf_config
-
         config = gguf_config(location.path)
         run_dtype = parse_dtype(dtype) if dtype else default_dtype(torch.device(device))
     else:
@@ -249,6 +254,4 @@ def weight_footprint(
 def _generation_defaults(location: ModelLocation) -> dict[str, Any]:
     if location.format == "gguf" or not location.path.is_dir():
         return {}
-    from cortex.neuron.tokenizer import generation_defaults
-
     return generation_defaults(location.path)

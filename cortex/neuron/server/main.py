@@ -59,8 +59,8 @@ def run_neuron(
 
 
 async def _serve(config) -> int:
-    from cortex.neuron.app import create_app
-    from cortex.neuron.state import STATE
+    from cortex.neuron.server.app import create_app
+    from cortex.neuron.server.state import STATE
 
     host, port = split_listen(config.neuron.listen)
     app = create_app(config, public_url=_public_url(host, port))

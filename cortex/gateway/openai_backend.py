@@ -1,5 +1,5 @@
 """A `[[neurons]]` entry with `kind = "openai"`: any OpenAI-compatible server (vLLM, SGLang,
-llama.cpp's server, Ollama) without cortex's lifecycle API (DESIGN.md section 5, planned next).
+llama.cpp's server, Ollama) without cortex's lifecycle API.
 
 Its `/v1/models` is its catalogue: every model listed there counts as loaded. It is polled and
 routed to like a neuron, but `manages_models` is False, so the router never loads or evicts on
@@ -14,7 +14,7 @@ from cortex.errors import InvalidRequest
 from cortex.gateway.neuron_client import NeuronClient
 
 
-class OpenAIUpstreamClient(NeuronClient):
+class OpenAIBackend(NeuronClient):
     """`NeuronClient` for a plain OpenAI-compatible server."""
 
     kind = "openai"

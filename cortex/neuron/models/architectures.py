@@ -1,0 +1,35 @@
+"""Decoder classes by HF `model_type`, and building one empty on a device.
+
+A model is built on the meta device (no memory), then materialised empty on the target device
+in the target dtype; the loaders fill it tensor by tensor, so weights are allocated once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cortex.errors import UnsupportedArchitecture
+from cortex.neuron.models.llama import LlamaForCausalLM
+from cortex.neuron.models.model_config import SUPPORTED_ARCHITECTURES, ModelConfig
+
+# The common interface every decoder implements (that of LlamaForCausalLM).
+CausalLM = LlamaForCausalLM
+
+MODEL_CLASSES: dict[str, type[LlamaForCausalLM]] = dict.fromkeys(
+    SUPPORTED_ARCHITECTURES, LlamaForCausalLM
+)
+
+
+def build_model(config: ModelConfig, device: torch.device | str, dtype: torch.dtype) -> CausalLM:
+    """An uninitialised model on `device` in `dtype`; fill it with `load_weights`."""
+    cls = MODEL_CLASSES.get(config.model_type)
+    if cls is None:
+        raise UnsupportedArchitecture(f"unsupported model_type {config.model_type!r}")
+    with torch.device("meta"):
+        model = cls(config)
+    model = model.to(dtype=dtype).to_empty(device=device)
+    if config.tie_word_embeddings:
+        # to_empty replaces meta parameters one module at a time, which unties them.
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.init_rope()
+    return model.eval().requires_grad_(False)
