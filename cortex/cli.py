@@ -1,4 +1,4 @@
-"""The `cortex` command line (DESIGN.md section 7).
+"""The `cortex` command line (README: "The CLI").
 
 Each command imports what it needs lazily, so `cortex --help` and the client commands never
 import torch or the servers.

@@ -1,4 +1,4 @@
-"""cortex.toml, models.toml and neuron.toml as dataclasses (DESIGN.md section 6).
+"""cortex.toml, models.toml and neuron.toml as dataclasses (README: "Configuring a fleet").
 
 Loading is strict: an unknown key, a wrong type or a bad value raises `ConfigError` naming the
 file, the dotted key and what is wrong. Relative paths resolve against the file's directory.

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-# CLI exit codes (DESIGN.md section 7).
+# CLI exit codes (README: "The CLI").
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2

@@ -6,7 +6,7 @@ Streams, for people and for scripts alike:
   | jq` never sees an empty or a half document;
 - stderr carries everything else: logs, progress lines, the error message.
 
-Exit codes come from `cortex.errors` (DESIGN.md section 7): 0 ok, 1 the operation failed,
+Exit codes come from `cortex.errors` (README: "The CLI"): 0 ok, 1 the operation failed,
 2 usage or configuration, 3 the server could not be reached.
 """
 

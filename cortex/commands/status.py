@@ -1,4 +1,4 @@
-"""`cortex status`: the fleet as the gateway sees it (`GET /fleet`, DESIGN.md section 5).
+"""`cortex status`: the fleet as the gateway sees it (`GET /fleet`, README: "The CLI").
 
 `--json` prints the `/fleet` document unchanged. The table is for people: one block per neuron
 (state, endpoint, when last seen), its devices with a memory bar (used / total), the models on

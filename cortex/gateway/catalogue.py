@@ -1,4 +1,4 @@
-"""The merged catalogue behind the gateway's `GET /v1/models` (DESIGN.md section 5).
+"""The merged catalogue behind the gateway's `GET /v1/models` (README: "Using the API").
 
 Every model loaded on, or loadable by, an up neuron, every models.toml entry and every alias,
 as OpenAI model objects plus a `cortex` object:

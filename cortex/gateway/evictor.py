@@ -1,4 +1,4 @@
-"""Where a cold model can go, and what must be unloaded first (DESIGN.md section 5).
+"""Where a cold model can go, and what must be unloaded first (README: "How the gateway places models").
 
 `plan_placement` looks at every candidate neuron's devices: a device fits when its free memory
 (minus memory reserved by loads in progress) holds the model's estimate; otherwise it may fit

@@ -1,6 +1,6 @@
 """`cortex serve`: configuration, the two listeners, single-host mode and shutdown.
 
-Configuration (DESIGN.md section 6): `--config`, `$CORTEX_CONFIG`, `/etc/cortex/cortex.toml`,
+Configuration (README: "Configuring a fleet"): `--config`, `$CORTEX_CONFIG`, `/etc/cortex/cortex.toml`,
 then the user config dir; flags override the file (`--listen`, `--metrics-listen`), and each
 `--neuron URL` adds a neuron named after the URL's host (`host:port` if that name is taken).
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the gateway (DESIGN.md section 5), served on `metrics_listen`.
+"""Prometheus metrics of the gateway (README: "Metrics"), served on `metrics_listen`.
 
 Names are exactly the design's. Labels: `model` and `neuron` wherever a request or an action
 has them (empty string before routing decided), plus `api` (`chat.completions`, `completions`,

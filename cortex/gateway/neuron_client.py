@@ -1,4 +1,4 @@
-"""The one interface through which the gateway talks to a neuron (DESIGN.md section 4).
+"""The one interface through which the gateway talks to a neuron (README: "Talking to a neuron directly").
 
 Every call the gateway makes to a node goes through `NeuronClient`: health, catalogue, load,
 unload, endpoint lookup, tokenize, memory release and the proxied OpenAI request. A future
@@ -6,7 +6,7 @@ unload, endpoint lookup, tokenize, memory release and the proxied OpenAI request
 `models` from its `/v1/models` and has `manages_models = False`, so the router never loads or
 evicts on it.
 
-Memory release (used by defrag, DESIGN.md section 5): `POST /memory/release` with an empty JSON
+Memory release (used by defrag, see upkeep.py): `POST /memory/release` with an empty JSON
 body asks the neuron to drop cached allocator memory (`torch.cuda.empty_cache()` on each device)
 and answers `{"released_bytes": N}`. A neuron without that route answers 404/405 and the gateway
 falls back to unload + load of each resident model (see upkeep.py).

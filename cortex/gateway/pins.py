@@ -1,4 +1,4 @@
-"""Pinned models: loaded at start, kept loaded, never evicted (DESIGN.md section 5).
+"""Pinned models: loaded at start, kept loaded, never evicted (README: "How the gateway places models").
 
 A pin is `(model, neuron)` where `neuron` None means "wherever it runs" (models.toml `pin =
 true`, or `/fleet/pin` without a neuron). Pins set through `/fleet/pin` live in memory: a

@@ -1,4 +1,4 @@
-"""Routing and cold loads (DESIGN.md section 5).
+"""Routing and cold loads (README: "How the gateway places models").
 
 `Router.route(model)` answers where a request goes:
 1. the model is loaded on a healthy neuron -> the least busy such neuron (gateway in-flight

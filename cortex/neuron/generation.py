@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from cortex.api.limits import SEED_MIN
 from cortex.api.openai import (
     ChoiceResult,
     GenerationRequest,
@@ -69,6 +70,14 @@ class _Sequence:
     result: ChoiceResult
     handle: RequestHandle | None = None
     tokens: int = 0
+
+
+def sequence_seed(seed: int | None, index: int) -> int | None:
+    """The seed of sequence `index` of a request seeded `seed`: `seed + index`, wrapped to
+    stay an int64."""
+    if seed is None:
+        return None
+    return (seed + index - SEED_MIN) % 2**64 + SEED_MIN
 
 
 class Generation:
@@ -129,9 +138,8 @@ class Generation:
                 self._queue.put_nowait(self._finish(seq, "length", []))
                 self._queue.put_nowait(_SEQ_END)
                 continue
-            seed = self.fields["seed"]
             params = SamplingParams(
-                **{**self.fields, "seed": None if seed is None else seed + seq.index},
+                **{**self.fields, "seed": sequence_seed(self.fields["seed"], seq.index)},
                 stop_token_ids=stop_ids,
             )
             seq.handle = self.model.worker.submit(self.model.id, self.prompt_ids, params)

@@ -1,4 +1,4 @@
-"""Finding models on disk by id (DESIGN.md section 3).
+"""Finding models on disk by id (README: "Model directories and ids").
 
 Roots, searched in order:
 1. each `models_dirs` entry: the id is the model directory's path relative to it (`Org/Name`,

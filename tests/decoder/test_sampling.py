@@ -12,6 +12,7 @@ from cortex.neuron.engine.sampling import (
     SamplingParams,
     make_generator,
 )
+from cortex.neuron.generation import sequence_seed
 
 VOCAB = 50
 
@@ -108,10 +109,27 @@ def test_logprobs_are_raw_model_logprobs() -> None:
     assert torch.allclose(out.top_logprobs, raw.topk(3).values)
 
 
-def test_out_of_range_params_are_refused() -> None:
-    with pytest.raises(InvalidRequest, match="top_p"):
-        SamplingParams(top_p=0.0).validate()
-    SamplingParams().validate()
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("top_p", 0.0),
+        ("seed", 2**64),
+        ("top_k", 2**40),
+        ("temperature", float("inf")),
+        ("max_tokens", 0),
+        ("stop_token_ids", [2**40]),
+    ],
+)
+def test_out_of_range_params_are_refused(field: str, value: object) -> None:
+    with pytest.raises(InvalidRequest, match=field):
+        SamplingParams(**{field: value})
+
+
+def test_sequence_seeds_stay_int64() -> None:
+    top = 2**63 - 1
+    assert sequence_seed(top, 0) == top
+    assert sequence_seed(top, 1) == -(2**63)
+    assert sequence_seed(5, 2) == 7 and sequence_seed(None, 3) is None
 
 
 def test_observe_keeps_penalty_counts_equal_to_a_rebuild() -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cortex.errors import InvalidRequest
+from cortex.api.limits import BOUNDS, check_sampling, token_ids
 
 _GREEDY_BELOW = 1e-5  # temperatures this small are greedy (avoids dividing by ~0)
 
@@ -57,23 +57,10 @@ class SamplingParams:
             self.repetition_penalty != 1.0
         )
 
-    def validate(self) -> None:
-        """Raise `InvalidRequest` naming the first out-of-range field."""
-        checks = [
-            ("max_tokens", self.max_tokens >= 1),
-            ("temperature", self.temperature >= 0),
-            ("top_p", 0 < self.top_p <= 1),
-            ("top_k", self.top_k >= -1),
-            ("min_p", 0 <= self.min_p <= 1),
-            ("presence_penalty", -2 <= self.presence_penalty <= 2),
-            ("frequency_penalty", -2 <= self.frequency_penalty <= 2),
-            ("repetition_penalty", self.repetition_penalty > 0),
-            ("top_logprobs", 0 <= self.top_logprobs <= 20),
-            ("n", self.n >= 1),
-        ]
-        for name, ok in checks:
-            if not ok:
-                raise InvalidRequest(f"{name} is out of range: {getattr(self, name)!r}", param=name)
+    def __post_init__(self) -> None:
+        # The engine holds these in fixed-width tensors: check them here too, for the offline API.
+        check_sampling({name: getattr(self, name) for name in BOUNDS})
+        token_ids(self.stop_token_ids, "stop_token_ids")
 
 
 def make_generator(seed: int, device: torch.device | str) -> torch.Generator:

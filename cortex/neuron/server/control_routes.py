@@ -1,5 +1,5 @@
-"""Lifecycle routes of DESIGN.md section 4: /health, /models, /models/load, /models/unload,
-/models/{id}/endpoint, /tokenize, /metrics.
+"""The neuron's control routes (README: "Talking to a neuron directly"): /health, /models,
+/models/load, /models/unload, /models/{id}/endpoint, /tokenize, /metrics, /memory/release.
 
 `/models/{id}/endpoint` answers this neuron's own base URL: every loaded model is served by the
 same `/v1/...` routes here (the gateway replaces a loopback host with the neuron's address).

@@ -1,0 +1,95 @@
+"""The numeric bounds of every sampling field: the one place they are defined and checked.
+
+HTTP requests (openai_request.py, and through it the Anthropic and Responses translations) and
+the engine's `SamplingParams` both check with these functions, so a value the engine cannot hold
+(a seed past 64 bits, `top_k: 1e308`, an infinite temperature) is a 400 naming the field, never
+an overflow inside a batch step that would fail every request batched with it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from cortex.errors import InvalidRequest
+
+INT_MAX = 2**31 - 1  # counts and token ids: what an int32 tensor holds
+# An int64: sequence i of a request is seeded `seed + i`, which then still fits what
+# torch.Generator.manual_seed accepts (up to 2**64 - 1).
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+MAX_N = 16
+MAX_TOP_LOGPROBS = 20
+
+
+class Bound(NamedTuple):
+    """An inclusive range (exclusive at the low end when `open_low`); `integer` fields only
+    take whole numbers."""
+
+    low: float
+    high: float
+    integer: bool = False
+    open_low: bool = False
+
+
+BOUNDS: dict[str, Bound] = {
+    "max_tokens": Bound(1, INT_MAX, integer=True),
+    "temperature": Bound(0.0, math.inf),
+    "top_p": Bound(0.0, 1.0, open_low=True),
+    "top_k": Bound(-1, INT_MAX, integer=True),
+    "min_p": Bound(0.0, 1.0),
+    "presence_penalty": Bound(-2.0, 2.0),
+    "frequency_penalty": Bound(-2.0, 2.0),
+    "repetition_penalty": Bound(0.0, math.inf, open_low=True),
+    "seed": Bound(SEED_MIN, SEED_MAX, integer=True),
+    "top_logprobs": Bound(0, MAX_TOP_LOGPROBS, integer=True),
+    "n": Bound(1, MAX_N, integer=True),
+}
+
+
+def number(value: Any, key: str, integer: bool = False) -> int | float:
+    """`value` as a finite number (an int when `integer`); 400 naming `key` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest(f"'{key}' must be a number", param=key)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidRequest(f"'{key}' must be a finite number", param=key)
+    if integer:
+        if isinstance(value, float) and not value.is_integer():
+            raise InvalidRequest(f"'{key}' must be an integer", param=key)
+        return int(value)
+    return float(value)
+
+
+def bounded(value: Any, key: str) -> int | float:
+    """`value` checked against `BOUNDS[key]`; 400 naming `key` when out of range."""
+    bound = BOUNDS[key]
+    result = number(value, key, bound.integer)
+    too_low = result <= bound.low if bound.open_low else result < bound.low
+    if too_low or result > bound.high:
+        low = "(" if bound.open_low else "["
+        high = "inf" if math.isinf(bound.high) else _show(bound.high)
+        raise InvalidRequest(f"'{key}' must be in {low}{_show(bound.low)}, {high}]", param=key)
+    return result
+
+
+def check_sampling(values: Mapping[str, Any]) -> None:
+    """Check every bounded field present (and not None) in `values`."""
+    for key, value in values.items():
+        if key in BOUNDS and value is not None:
+            bounded(value, key)
+
+
+def token_ids(value: Any, key: str) -> list[int]:
+    """A list of token ids (each in [0, INT_MAX]); 400 naming `key` otherwise."""
+    if not isinstance(value, list) or not all(is_token(t) for t in value):
+        raise InvalidRequest(f"'{key}' must be a list of token ids", param=key)
+    return [int(t) for t in value]
+
+
+def is_token(value: Any) -> bool:
+    """An int in [0, INT_MAX] (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT_MAX
+
+
+def _show(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
