@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 # A neuron's stream answer carries the prompt's token count in this header (see
-# cortex/neuron/openai_routes.py): chunks have no place for it before the final usage.
+# cortex/neuron/server/openai_routes.py): chunks have no place for it before the final usage.
 PROMPT_TOKENS_HEADER = "x-cortex-prompt-tokens"
 
 

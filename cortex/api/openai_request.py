@@ -11,7 +11,7 @@ Decisions where OpenAI is silent or we cannot follow it exactly:
 - `tool_choice: "none"` hides the tools from the template and turns tool-call parsing off;
   `"required"` and a named function are treated as `"auto"` (no constrained decoding).
 - `response_format` `json_object` and `json_schema` both mean "the answer parses as JSON" (the
-  schema itself is not enforced; see cortex/neuron/json_mode.py).
+  schema itself is not enforced; see cortex/neuron/text/json_mode.py).
 - A legacy completion takes one prompt (a string or a list of token ids); batches are refused.
 - vLLM's `stop_token_ids` extension is honoured; which stop string or stop token ended an answer
   is reported as vLLM does, in the choice's `stop_reason` (see cortex/api/openai.py).

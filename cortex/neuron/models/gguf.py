@@ -1,7 +1,7 @@
 """Load a llama.cpp GGUF file as a `CausalLM`: config from metadata, tensors renamed to HF names.
 
 GGUF keeps everything in one file: the hyperparameters under `<arch>.*` keys, the tokenizer under
-`tokenizer.*` (see `cortex/neuron/gguf_tokenizer.py`) and the tensors under llama.cpp's names,
+`tokenizer.*` (see `cortex/neuron/text/gguf_tokenizer.py`) and the tensors under llama.cpp's names,
 often block-quantized. Here the metadata becomes the same `config.json`-style dict the safetensors
 path reads (so `ModelConfig.from_dict` validates both alike), the tensors are dequantized on the
 target device (`dequant.py`) and fed to `CausalLM.load_weights` under their Hugging Face names.
