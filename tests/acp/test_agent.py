@@ -16,7 +16,7 @@ import pytest
 from acp import text_block
 from acp.client.connection import ClientSideConnection
 
-from tests.acp.conftest import KEY, Fleet, Home
+from tests.acp.conftest import KEY, STALLED_TEXT, Fleet, Home
 from tests.acp.editor import ScriptedEditor, agent_env, start_agent
 from tests.anthropic.fake_neuron import MODEL, Reply
 from tests.conftest import free_port
@@ -244,6 +244,30 @@ def test_cancel_stops_a_long_command(fleet, home):
     # The agent carries on, with the cancelled call answered in its history.
     assert after == "end_turn" and editor.text().endswith("Still here.")
     assert tool_results(fleet) == ["cancelled by the user"]
+
+
+def test_cancel_stops_the_model_stream(fleet, home):
+    fleet.neuron.stall = True
+    editor = ScriptedEditor(home.workspace)
+
+    async def script(conn: ClientSideConnection, session_id: str) -> tuple[str, float, str]:
+        turn = asyncio.create_task(prompt(conn, session_id, "think hard"))
+        while editor.text() != STALLED_TEXT:
+            await asyncio.sleep(0.05)
+        started = time.monotonic()
+        await conn.cancel(session_id=session_id)
+        stop = await turn
+        took = time.monotonic() - started
+        fleet.neuron.stall = False
+        fleet.neuron.replies.append(Reply(content="Back."))
+        return stop, took, await prompt(conn, session_id, "again")
+
+    stop, took, after = drive(fleet.url, home, editor, script)
+    assert stop == "cancelled" and took < 5
+    assert after == "end_turn" and editor.text() == STALLED_TEXT + "Back."
+    # What the user saw of the cut answer stays in the history.
+    history = [(m["role"], m["content"]) for m in fleet.neuron.chats[-1]["messages"][1:]]
+    assert history == [("user", "think hard"), ("assistant", STALLED_TEXT), ("user", "again")]
 
 
 def test_errors_reach_the_editor_as_messages(fleet, home):
