@@ -270,7 +270,7 @@ def acp(
                 "pip install 'cortex[acp]'"
             )
         ) from None
-    from cortex.commands.http import gateway_url
+    from cortex.commands.client import gateway_url
 
     raise typer.Exit(run_acp(gateway_url(gateway), model, api_key))
 

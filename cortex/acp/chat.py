@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 
 from cortex.api.sse import SSEParser
-from cortex.commands.http import remote_error
+from cortex.commands.client import remote_error
 from cortex.errors import ModelNotFound, Unreachable, UpstreamError
 
 DeltaKind = Literal["text", "reasoning"]

