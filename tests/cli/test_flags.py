@@ -25,6 +25,8 @@ DESIGN = {
     "probe": {"--url", "--model", "--prompt", "--expect", "--timeout", "--json"},
     # Not in DESIGN's list: the quickstart's model download.
     "fetch-demo": {"--models-dir", "--wheel", "--json"},
+    # Not in DESIGN's list either: the fleet deploy (README, "Releases and deploys").
+    "deploy": {"INVENTORY", "--channel", "--host", "--probe", "--no-probe", "--dry-run"},
 }
 
 
@@ -58,5 +60,6 @@ def test_repeatable_flags() -> None:
         ("serve", "--models-dir"),
         ("neuron", "--models-dir"),
         ("neuron", "--device"),
+        ("deploy", "--host"),
         ("neuron", "--preload"),
     }
