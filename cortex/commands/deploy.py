@@ -318,8 +318,9 @@ class HostDeploy:
         for package in packages:
             lines += [c.query(package), f"{c.check_update(package)}   # when installed"]
         lines.append(f"when {' or '.join(packages)} is missing or outdated:")
-        for command in (c.stop(units), c.install(packages, []), c.install([], packages)):
-            lines += [f"  {line}" for line in command.splitlines()]
+        lines += [f"  {line}" for line in c.stop(units).splitlines()]
+        lines.append(f"  {c.install(packages, [])}   # when missing")
+        lines.append(f"  {c.install([], packages)}   # when installed")
         lines.append(f"  {c.start(units)}")
         if self.probe:
             spec = self.inventory.probe
