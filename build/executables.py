@@ -64,7 +64,6 @@ def build(target: str, version: str) -> Path:
         f"--workpath={work}",
         f"--specpath={work}",
         f"--paths={ROOT}",
-        "--hidden-import=cortex._version",
         "--collect-submodules=cortex.commands",
         *spec["args"],
         str(ROOT / "cortex.py"),
