@@ -7,9 +7,9 @@
 Run it in the project's virtual environment (`pip install -e '.[neuron]'` for the neuron);
 PyInstaller is installed from PyPI into it when missing. Both executables are the whole `cortex`
 CLI (entry: cortex.py); they differ in what is bundled. The gateway's build excludes torch and
-the other neuron-only packages, so `cortex neuron` is not available from it. `cortex/VERSION`
-(from pyproject.toml) is bundled so that `--version` reports the project's version. Prints the
-path of each executable. The RPMs (build/rpms.py) package these files.
+the other neuron-only packages, so `cortex neuron` is not available from it. The version from
+git (build/common.py) is stamped into `cortex/_version.py` first, so `--version` reports it.
+Prints the path of each executable. The RPMs (build/rpms.py) package these files.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import argparse
 import importlib.util
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from common import OUT, ROOT, project_version, write_version_file
@@ -47,31 +46,29 @@ def ensure_pyinstaller() -> None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "pyinstaller"], check=True)
 
 
-def build(target: str) -> Path:
-    """Build one executable; its path."""
+def build(target: str, version: str) -> Path:
+    """Build one executable stamped with `version`; its path."""
     spec = TARGETS[target]
     dist, work = OUT / "dist", OUT / "pyinstaller" / target
-    with tempfile.TemporaryDirectory(prefix="cortex-version-") as tmp:
-        version_dir = Path(tmp)
-        write_version_file(version_dir, project_version())
-        command = [
-            sys.executable,
-            "-m",
-            "PyInstaller",
-            "--onefile",
-            "--noconfirm",
-            "--log-level=WARN",
-            f"--name={spec['name']}",
-            f"--distpath={dist}",
-            f"--workpath={work}",
-            f"--specpath={work}",
-            f"--paths={ROOT}",
-            f"--add-data={version_dir / 'VERSION'}:cortex",
-            "--collect-submodules=cortex.commands",
-            *spec["args"],
-            str(ROOT / "cortex.py"),
-        ]
-        subprocess.run(command, check=True, cwd=ROOT)
+    # The same file setuptools-scm writes at install time (gitignored): bundled as a module.
+    write_version_file(ROOT / "cortex", version)
+    command = [
+        sys.executable,
+        "-m",
+        "PyInstaller",
+        "--onefile",
+        "--noconfirm",
+        "--log-level=WARN",
+        f"--name={spec['name']}",
+        f"--distpath={dist}",
+        f"--workpath={work}",
+        f"--specpath={work}",
+        f"--paths={ROOT}",
+        "--collect-submodules=cortex.commands",
+        *spec["args"],
+        str(ROOT / "cortex.py"),
+    ]
+    subprocess.run(command, check=True, cwd=ROOT)
     return dist / spec["name"]
 
 
@@ -81,10 +78,11 @@ def main() -> None:
     parser.add_argument("target", choices=[*TARGETS, "all"])
     target = parser.parse_args().target
     ensure_pyinstaller()
+    version = project_version()
     for name in TARGETS if target == "all" else [target]:
-        path = build(name)
+        path = build(name, version)
         size = path.stat().st_size / 2**20
-        print(f"built {path} ({size:.1f} MiB, cortex {project_version()})")
+        print(f"built {path} ({size:.1f} MiB, cortex {version})")
 
 
 if __name__ == "__main__":

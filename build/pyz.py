@@ -6,7 +6,8 @@ Run it with the Python (and virtual environment) the archive is for: it bundles 
 gateway/CLI dependencies (pyproject `[project] dependencies`, never torch) as installed in that
 environment, compiled extensions included, so the archive runs with the same Python version on
 the same platform (`python3 cortex.pyz ...` or `./cortex.pyz ...`), with no other package
-installed. `cortex/VERSION` and a minimal `cortex` dist-info inside carry pyproject's version.
+installed. `cortex/_version.py` and a minimal `cortex` dist-info inside carry the version from
+git (build/common.py).
 The first run unpacks the libraries into a cache directory (see build/pyz_main.py). The
 neuron's code is inside too; `cortex.pyz neuron` works where torch and the neuron extra are
 installed for that Python, but the neuron's executable is build/executables.py's.
@@ -64,7 +65,7 @@ def copy_distribution(dist: metadata.Distribution, lib: Path) -> int:
 
 
 def stage_cortex(lib: Path, version: str) -> None:
-    """Copy the cortex package, its VERSION file and a minimal dist-info into `lib`."""
+    """Copy the cortex package, its version stamp and a minimal dist-info into `lib`."""
     shutil.copytree(
         ROOT / "cortex", lib / "cortex", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
     )
@@ -84,9 +85,8 @@ def build_id(lib: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def build(output: Path) -> Path:
-    """Stage and write the archive; its path."""
-    version = project_version()
+def build(output: Path, version: str) -> Path:
+    """Stage and write the archive stamped with `version`; its path."""
     with tempfile.TemporaryDirectory(prefix="cortex-pyz-") as tmp:
         stage = Path(tmp)
         lib = stage / "lib"
@@ -109,11 +109,10 @@ def main() -> None:
     """Build the archive and print where it is."""
     parser = argparse.ArgumentParser(description="Build cortex.pyz (gateway and CLI).")
     parser.add_argument("--output", type=Path, default=OUT / "cortex.pyz")
-    path = build(parser.parse_args().output.resolve())
+    version = project_version()
+    path = build(parser.parse_args().output.resolve(), version)
     size = path.stat().st_size / 2**20
-    print(
-        f"built {path} ({size:.1f} MiB, cortex {project_version()}, Python {sys.version.split()[0]})"
-    )
+    print(f"built {path} ({size:.1f} MiB, cortex {version}, Python {sys.version.split()[0]})")
 
 
 if __name__ == "__main__":

@@ -4,30 +4,22 @@ from __future__ import annotations
 
 
 def _version() -> str:
-    """The version from pyproject.toml, its one source: installed metadata, else the file."""
-    from importlib import metadata
+    """The version stamped at install or build time: `cortex/_version.py`.
 
+    setuptools-scm writes that file from git at every `pip install` (editable ones included),
+    and build/common.py writes it into the single-file builds (pyz, PyInstaller), so one small
+    import answers, without importlib.metadata's scan of every installed distribution. A tree
+    that was never installed nor built has no stamp: "0+unknown" says so.
+    """
     try:
-        return metadata.version("cortex")
-    except metadata.PackageNotFoundError:
-        import re
-        from pathlib import Path
-
-        for candidate in (
-            Path(__file__).with_name("VERSION"),  # written into single-file builds
-            Path(__file__).parent.parent / "pyproject.toml",
-        ):
-            if candidate.is_file():
-                text = candidate.read_text(encoding="utf-8")
-                match = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M)
-                return match.group(1) if match else text.strip()
+        from cortex._version import version
+    except ImportError:
         return "0+unknown"
+    return version
 
 
 def __getattr__(name: str) -> str:
-    """`cortex.__version__`, looked up on first use: importlib.metadata scans every installed
-    distribution, which would cost `cortex --help` and `cortex status` a large share of their
-    start-up budget (bench/cli_startup.py)."""
+    """`cortex.__version__`, looked up on first use: only the commands that show it pay."""
     if name == "__version__":
         globals()["__version__"] = version = _version()
         return version

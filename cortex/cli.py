@@ -275,6 +275,33 @@ def acp(
     raise typer.Exit(run_acp(gateway_url(gateway), model, api_key))
 
 
+@app.command()
+def deploy(
+    inventory: Annotated[
+        str, typer.Argument(metavar="INVENTORY", help="fleet.toml: repository, hosts, roles")
+    ],
+    channel: Annotated[
+        str | None,
+        typer.Option("--channel", metavar="NAME", help="stable or unstable [default: inventory's]"),
+    ] = None,
+    host: Annotated[
+        list[str] | None, typer.Option("--host", metavar="NAME", help="Only this host")
+    ] = None,
+    probe: Annotated[
+        bool, typer.Option("--probe/--no-probe", help="Probe each host at the end")
+    ] = True,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print each host's commands; contact no host")
+    ] = False,
+) -> None:
+    """Install or upgrade the cortex packages on each host, then probe it."""
+    from cortex.commands.deploy import run_deploy
+
+    raise _client(
+        False, lambda out: run_deploy(inventory, channel, host or [], probe, dry_run, out)
+    )
+
+
 def main() -> None:
     """Console entry point."""
     try:

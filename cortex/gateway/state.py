@@ -15,6 +15,7 @@ import contextlib
 import aiohttp
 from aiohttp import web
 
+from cortex import __version__
 from cortex.config import CortexConfig, NeuronEntry
 from cortex.errors import ConfigError
 from cortex.gateway.fleet import Fleet, Neuron
@@ -75,7 +76,9 @@ class Gateway:
         if not self.config.neurons:
             raise ConfigError("no neurons configured: add [[neurons]] to cortex.toml or --neuron")
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
-        self.session = aiohttp.ClientSession(connector=connector)
+        # The User-Agent tells a neuron's logs which gateway build calls it.
+        headers = {"User-Agent": f"cortex/{__version__}"}
+        self.session = aiohttp.ClientSession(connector=connector, headers=headers)
         down_after = self.config.gateway.down_after_failures
         for entry in self.config.neurons:
             neuron = Neuron(self._client(entry, self.session), down_after)

@@ -26,6 +26,8 @@ DESIGN = {
     "acp": {"--gateway", "--model", "--api-key"},
     # Not in DESIGN's list: the quickstart's model download.
     "fetch-demo": {"--models-dir", "--wheel", "--json"},
+    # Not in DESIGN's list either: the fleet deploy (README, "Releases and deploys").
+    "deploy": {"INVENTORY", "--channel", "--host", "--probe", "--no-probe", "--dry-run"},
 }
 
 
@@ -59,5 +61,6 @@ def test_repeatable_flags() -> None:
         ("serve", "--models-dir"),
         ("neuron", "--models-dir"),
         ("neuron", "--device"),
+        ("deploy", "--host"),
         ("neuron", "--preload"),
     }

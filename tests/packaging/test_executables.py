@@ -12,13 +12,13 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 
 import pytest
 
 from tests.conftest import ROOT, free_port
+from tests.packaging.rpmtools import build_common
 
-VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+VERSION = build_common().project_version()
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("CORTEX_TEST_PYINSTALLER") != "1"

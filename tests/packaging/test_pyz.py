@@ -8,17 +8,17 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import FIXTURES, ROOT, free_port
+from tests.conftest import FIXTURES, free_port
+from tests.packaging.rpmtools import build_common
 from tests.support.neuron_proc import NeuronProc, start_neuron
 
-VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+VERSION = build_common().project_version()
 
 
 def pyz_env(tmp_path: Path) -> dict[str, str]:
@@ -44,7 +44,7 @@ def test_version_inside_the_archive(built_pyz: Path) -> None:
     import zipfile
 
     with zipfile.ZipFile(built_pyz) as archive:
-        assert archive.read("lib/cortex/VERSION").decode().strip() == VERSION
+        assert f"version = {VERSION!r}" in archive.read("lib/cortex/_version.py").decode()
         names = set(archive.namelist())
     assert "__main__.py" in names and "lib/aiohttp/__init__.py" in names
     assert not any(n.startswith("lib/torch/") for n in names)

@@ -6,6 +6,7 @@ import re
 import tomllib
 from pathlib import Path
 
+from cortex.commands.deploy import load_inventory
 from cortex.config import load_cortex_config, load_models_config, load_neuron_config
 from tests.conftest import ROOT
 
@@ -20,15 +21,21 @@ def test_toml_blocks_load_as_written(tmp_path: Path) -> None:
     named = {}
     for block in blocks("toml"):
         name = block.splitlines()[0].removeprefix("# ").strip()
-        assert name in ("cortex.toml", "models.toml", "neuron.toml"), block[:40]
+        assert name in ("cortex.toml", "models.toml", "neuron.toml", "fleet.toml"), block[:40]
         (tmp_path / name).write_text(block, encoding="utf-8")
         named[name] = tomllib.loads(block)
-    assert set(named) == {"cortex.toml", "models.toml", "neuron.toml"}
+    assert set(named) == {"cortex.toml", "models.toml", "neuron.toml", "fleet.toml"}
     cortex = load_cortex_config(tmp_path / "cortex.toml")
     assert [n.name for n in cortex.neurons] == ["beast", "spare"]
     assert cortex.models.resolve("qwen") == "Qwen/Qwen3-8B"
     assert load_models_config(tmp_path / "models.toml").models[0].memory == 18 * 2**30
     assert load_neuron_config(tmp_path / "neuron.toml").neuron.preload == ["Qwen/Qwen3-8B"]
+    fleet = load_inventory(tmp_path / "fleet.toml")
+    assert [(h.name, h.roles) for h in fleet.hosts] == [
+        ("gw.internal", ["gateway"]),
+        ("beast.internal", ["neuron"]),
+    ]
+    assert fleet.probe.expect == "paris" and fleet.probe.timeout == 15 * 60
 
 
 def test_python_blocks_compile() -> None:

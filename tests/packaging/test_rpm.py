@@ -1,28 +1,26 @@
-"""The RPM specs parse (`rpmspec -P`) and build (`rpmbuild -bb`, through build/rpms.py).
+"""The RPM specs parse (`rpmspec -P`) and build (`rpmbuild -ba`, through build/rpms.py).
 
-Debian/Ubuntu get rpmspec and rpmbuild from the `rpm` package (`apt-get install rpm`); the tests
-skip where they are missing. The RPM build packages build/pyz.py's cortex.pyz as both
-executables: the specs do not care what the executable is, and the real ones (PyInstaller, with
-torch for the neuron) take minutes to build.
+The tests skip where rpmspec or rpmbuild are missing (tests/packaging/rpmtools.py). The RPM
+build packages build/pyz.py's cortex.pyz as both executables: the specs do not care what the
+executable is, and the real ones (PyInstaller, with torch for the neuron) take minutes to build.
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT
+from tests.packaging.rpmtools import build_common, build_rpms, needs, rpm_query
 
 SPECS = ["cortex.spec", "helexa-neuron.spec"]
-VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+# The version of this checkout, as the RPMs carry it (0.2.1.dev3+g<sha>: 0.2.1~dev3+g<sha>).
+VERSION = build_common().rpm_version(build_common().project_version())
 
-needs_rpmspec = pytest.mark.skipif(shutil.which("rpmspec") is None, reason="rpmspec missing")
-needs_rpmbuild = pytest.mark.skipif(shutil.which("rpmbuild") is None, reason="rpmbuild missing")
+needs_rpmspec = needs("rpmspec")
+needs_rpmbuild = needs("rpmbuild")
 
 
 @needs_rpmspec
@@ -50,33 +48,16 @@ def test_spec_refuses_a_missing_version() -> None:
     assert done.returncode != 0 and "version" in done.stderr
 
 
-def rpm_query(rpm: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["rpm", "-qp", *args, str(rpm)], capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
 @needs_rpmbuild
 def test_rpmbuild_builds_both_packages(tmp_path: Path, built_pyz: Path) -> None:
-    command = [
-        sys.executable,
-        str(ROOT / "build" / "rpms.py"),
-        "--cortex-exe",
-        str(built_pyz),
-        "--neuron-exe",
-        str(built_pyz),
-        "--topdir",
-        str(tmp_path / "rpm"),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-    rpms = [Path(line.removeprefix("built ")) for line in done.stdout.splitlines()]
-    assert len(rpms) == 2, done.stdout
-    cortex = next(p for p in rpms if p.name.startswith(f"cortex-{VERSION}-"))
-    neuron = next(p for p in rpms if p.name.startswith(f"helexa-neuron-{VERSION}-"))
-    assert rpm_query(cortex, "--qf", "%{VERSION}") == VERSION
+    rpms = build_rpms(tmp_path / "rpm", built_pyz, built_pyz, source=True)
+    assert sorted(p.name.endswith(".src.rpm") for p in rpms) == [False, False, True, True], rpms
+    cortex = next(p for p in rpms if p.name.startswith(f"cortex-{VERSION}-1"))
+    neuron = next(p for p in rpms if p.name.startswith(f"helexa-neuron-{VERSION}-1"))
+    assert not cortex.name.endswith(".src.rpm") and not neuron.name.endswith(".src.rpm")
+    assert rpm_query(cortex, "--qf", "%{VERSION}-%{RELEASE}").startswith(f"{VERSION}-1")
+    source = next(p for p in rpms if p.name.startswith("cortex-") and p.name.endswith(".src.rpm"))
+    assert "cortex.spec" in rpm_query(source, "-l").split()
     configs = rpm_query(cortex, "--configfiles").split()
     assert configs == ["/etc/cortex/cortex.toml", "/etc/cortex/models.toml"]
     listing = rpm_query(cortex, "-lv")
