@@ -88,7 +88,8 @@ def check_request(body: dict[str, Any]) -> None:
 
 
 def input_items(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The request's `input` as items, each with an id (a string is one user message)."""
+    """The request's `input` as items, each with an id and message content as parts (a string
+    input is one user message)."""
     raw = body["input"]
     if isinstance(raw, str):
         raw = [
@@ -100,6 +101,10 @@ def input_items(body: dict[str, Any]) -> list[dict[str, Any]]:
             raise InvalidRequest(f"input[{i}]: must be an object", param=f"input[{i}]")
         kind = item.get("type") or ("message" if "role" in item else None)
         item = {**item, "type": kind}
+        if kind == "message" and isinstance(item.get("content"), str):
+            # Stored and listed as OpenAI lists them: content as parts.
+            part = "output_text" if item.get("role") == "assistant" else "input_text"
+            item["content"] = [{"type": part, "text": item["content"]}]
         if not item.get("id") and kind in ITEM_PREFIXES:
             item["id"] = new_id(ITEM_PREFIXES[kind])
         items.append(item)

@@ -184,6 +184,19 @@ def test_errors(client):
         client.responses.create(model="no-such-model", input="hi")
 
 
+def test_metrics_count_responses(client, stack):
+    client.responses.create(model=MODEL, input="say hi", store=False)
+    with urllib.request.urlopen(stack[0].metrics_url, timeout=30) as response:
+        text = response.read().decode()
+    counted = [
+        line
+        for line in text.splitlines()
+        if line.startswith("cortex_requests_total{") and 'api="responses"' in line
+    ]
+    assert any('status="200"' in line and f'model="{MODEL}"' in line for line in counted)
+    assert any('status="404"' in line for line in counted)  # GET of a deleted response
+
+
 def test_codex_plain_turn(codex, stack, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
