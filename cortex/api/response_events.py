@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from cortex.api import response_object as objects
-from cortex.api import sse
+from cortex.api import sse, tool_calls
 from cortex.api.responses import ITEM_PREFIXES, new_id
 from cortex.errors import CortexError, UpstreamError
 
@@ -59,7 +59,7 @@ class ResponseStream:
         self._open: str | int | None = None  # "reasoning", "message" or an OpenAI tool index
         self._item_id = ""
         self._text = ""
-        self._tools: dict[int, dict[str, Any]] = {}
+        self._tools: dict[int, tool_calls.PendingCall] = {}
         self._finish_reason: str | None = None
         self._usage: dict[str, Any] | None = None
 
@@ -108,8 +108,7 @@ class ResponseStream:
         """Close the open item; `response.completed` (or `.incomplete`) with the Response."""
         if self._finish_reason is None:
             raise UpstreamError("the model's stream ended before it finished its answer")
-        if any(not tool["opened"] for tool in self._tools.values()):
-            raise UpstreamError("the model's stream has a tool call without a name")
+        tool_calls.check_named(self._tools)
         events = [*self.start(), *self._close()]
         self.response = objects.finished(
             self.response, self._output, self._finish_reason, self._usage
@@ -187,12 +186,12 @@ class ResponseStream:
                 ),
             ]
         else:
-            tool = self._tools[self._open]
-            tool["closed"] = True
-            item = objects.function_call_item(tool["id"], tool["name"], text, self._item_id)
+            call = self._tools[self._open]
+            call.closed = True
+            item = objects.function_call_item(call.id or "", call.name or "", text, self._item_id)
             events = [
                 self._event(
-                    "response.function_call_arguments.done", **at, name=tool["name"], arguments=text
+                    "response.function_call_arguments.done", **at, name=call.name, arguments=text
                 )
             ]
         events.append(
@@ -202,34 +201,24 @@ class ResponseStream:
         self._open = None
         return events
 
-    def _tool_call(self, call: dict[str, Any]) -> list[dict[str, Any]]:
+    def _tool_call(self, fragment: dict[str, Any]) -> list[dict[str, Any]]:
         """A tool call fragment: its item opens once its name is known, arguments stream."""
-        n = int(call.get("index") or 0)
-        tool = self._tools.setdefault(
-            n, {"id": None, "name": None, "args": "", "opened": False, "closed": False}
-        )
-        if tool["closed"]:
-            raise UpstreamError(f"tool call {n} went on after another item started")
-        function = call.get("function") or {}
-        tool["id"] = tool["id"] or call.get("id") or new_id("call")
-        tool["name"] = tool["name"] or function.get("name")
-        tool["args"] += function.get("arguments") or ""
+        n, call = tool_calls.merge(self._tools, fragment)
         events: list[dict[str, Any]] = []
-        if not tool["opened"]:
-            if not tool["name"]:
+        if not call.opened:
+            if not call.name:
                 return []
-            tool["opened"] = True
+            call.opened = True
+            call.id = call.id or new_id("call")
             events = self._close()
             self._open, self._text = n, ""
             self._item_id = new_id(ITEM_PREFIXES["function_call"])
-            item = objects.function_call_item(
-                tool["id"], tool["name"], "", self._item_id, "in_progress"
-            )
+            item = objects.function_call_item(call.id, call.name, "", self._item_id, "in_progress")
             events.append(
                 self._event("response.output_item.added", output_index=len(self._output), item=item)
             )
-        if tool["args"]:
-            delta, tool["args"] = tool["args"], ""
+        if call.args:
+            delta, call.args = call.args, ""
             self._text += delta
             events.append(
                 self._event("response.function_call_arguments.delta", **self._at(), delta=delta)

@@ -28,6 +28,7 @@ import asyncio
 import hashlib
 import sqlite3
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,13 +91,18 @@ class ResponseStore:
         self._purged_at = 0.0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="response-store")
 
-    async def _run(self, fn, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` on the store's thread; a database failure is a `CortexError` (500)."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            raise CortexError(f"the response store {self.path} failed: {exc}") from None
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # Conversations are private: a new state dir is the service user's only.
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 db = sqlite3.connect(self.path, isolation_level=None)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(_SCHEMA)
