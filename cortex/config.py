@@ -59,6 +59,11 @@ class GatewaySection:
     down_after_failures: int = 3
     stream_read_timeout: Duration = Duration(300.0)
     max_body_bytes: ByteSize = ByteSize(64 * 2**20)
+    #: Where the gateway keeps its state (the Responses API's stored responses); None: systemd's
+    #: $STATE_DIRECTORY, else the platformdirs user state dir (see `gateway_state_dir`).
+    state_dir: ResolvedPath | None = None
+    #: How long stored responses (`store: true`) are kept; "0": forever.
+    response_retention: Duration = Duration(30 * 86400)
 
 
 @dataclass
@@ -361,6 +366,19 @@ def load_neuron_config(path: str | os.PathLike[str] | None) -> NeuronConfig:
         return NeuronConfig()
     path = Path(path)
     return _load(NeuronConfig, path)
+
+
+def gateway_state_dir(section: GatewaySection) -> Path:
+    """The gateway's state directory: `[gateway] state_dir`, else `$STATE_DIRECTORY` (set by
+    systemd's `StateDirectory=`: /var/lib/cortex in the packaged unit), else the platformdirs
+    user state dir (`~/.local/state/cortex`)."""
+    if section.state_dir:
+        return Path(section.state_dir)
+    if value := os.environ.get("STATE_DIRECTORY"):
+        return Path(value.split(":")[0])
+    import platformdirs
+
+    return Path(platformdirs.user_state_dir("cortex"))
 
 
 def config_search_path(filename: str, env_var: str) -> list[Path]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from cortex.api import tool_calls
 from cortex.errors import CortexError, InvalidRequest, UpstreamError
 
 # Claude Code puts a per-conversation attribution line first in `system`; it changes between
@@ -202,7 +203,7 @@ class StreamTranslator:
         self.started = False
         self._index = -1
         self._open: str | int | None = None  # "text", "thinking", or an OpenAI tool index
-        self._tools: dict[int, dict[str, Any]] = {}
+        self._tools: dict[int, tool_calls.PendingCall] = {}
         self._finish_reason: str | None = None
         self._matched: Any = None
         self._usage: dict[str, Any] | None = None
@@ -245,8 +246,7 @@ class StreamTranslator:
         """Close the open block; `message_delta` and `message_stop`."""
         if self._finish_reason is None:
             raise UpstreamError("the model's stream ended before it finished its answer")
-        if any(not tool["opened"] for tool in self._tools.values()):
-            raise UpstreamError("the model's stream has a tool call without a name")
+        tool_calls.check_named(self._tools)
         events = [*self.start(), *self._close()]
         reason, sequence = stop_reason(
             self._finish_reason, self._matched, self.stop_sequences, bool(self._tools)
@@ -282,33 +282,24 @@ class StreamTranslator:
             # Anthropic ends every thinking block with its signature; ours is empty.
             events.append(block_delta(self._index, {"type": "signature_delta", "signature": ""}))
         elif isinstance(self._open, int):
-            self._tools[self._open]["closed"] = True
+            self._tools[self._open].closed = True
         events.append(block_stop(self._index))
         self._open = None
         return events
 
-    def _tool_call(self, call: dict[str, Any]) -> list[dict[str, Any]]:
+    def _tool_call(self, fragment: dict[str, Any]) -> list[dict[str, Any]]:
         """A tool call fragment: its block opens once its name is known, arguments stream."""
-        n = int(call.get("index") or 0)
-        tool = self._tools.setdefault(
-            n, {"id": None, "name": None, "args": "", "opened": False, "closed": False}
-        )
-        if tool["closed"]:
-            raise UpstreamError(f"tool call {n} went on after another block started")
-        function = call.get("function") or {}
-        tool["id"] = tool["id"] or call.get("id")
-        tool["name"] = tool["name"] or function.get("name")
-        tool["args"] += function.get("arguments") or ""
+        n, call = tool_calls.merge(self._tools, fragment)
         events: list[dict[str, Any]] = []
-        if not tool["opened"]:
-            if not tool["name"]:
+        if not call.opened:
+            if not call.name:
                 return []
-            tool["opened"] = True
-            block = empty_block("tool_use", id=tool["id"] or new_id("toolu"), name=tool["name"])
+            call.opened = True
+            block = empty_block("tool_use", id=call.id or new_id("toolu"), name=call.name)
             events = [*self._close(), *self._open_block(n, block)]
-        if tool["args"]:
-            partial = {"type": "input_json_delta", "partial_json": tool["args"]}
+        if call.args:
+            partial = {"type": "input_json_delta", "partial_json": call.args}
             events.append(block_delta(self._index, partial))
-            tool["args"] = ""
+            call.args = ""
             self._deltas += 1
         return events

@@ -30,23 +30,35 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
-import orjson
 from aiohttp import web
 
 from cortex.api import sse, translate
 from cortex.api.anthropic import StreamTranslator
-from cortex.api.openai import PROMPT_TOKENS_HEADER
-from cortex.errors import CortexError, RateLimited, UpstreamError
+from cortex.errors import RateLimited, UpstreamError
+from cortex.gateway.chat_relay import (
+    UPSTREAM_BROKE,
+    Dialect,
+    open_chat,
+    read_completion,
+    relay_stream,
+)
 from cortex.gateway.exchange import ProxiedRequest
-from cortex.gateway.neuron_client import error_from_response
 from cortex.gateway.router import OnWait
 from cortex.gateway.state import GATEWAY, MODEL, NEURON
-from cortex.web import CLIENT_GONE, end_sse, json_response, read_object, start_sse
+from cortex.web import json_response, read_object
 
-CHAT_PATH = "/v1/chat/completions"
-_UPSTREAM_BROKE = (aiohttp.ClientError, TimeoutError)
 RATE_LIMIT_RETRY_S = 1.0
+
+
+def _encode(events: list[dict[str, Any]]) -> bytes:
+    return b"".join(sse.event(e["type"], e) for e in events)
+
+
+def _has_token(events: list[dict[str, Any]]) -> bool:
+    return any(e["type"] == "content_block_delta" for e in events)
+
+
+DIALECT = Dialect(_encode, _has_token)
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
@@ -58,16 +70,10 @@ async def messages(request: web.Request) -> web.StreamResponse:
     if limit:
         chat["max_tokens"] = min(chat["max_tokens"], limit)
     if body.get("stream") is True:
-        return await _stream(request, px, body, chat)
+        translator = StreamTranslator(body["model"], stop_sequences=body.get("stop_sequences"))
+        return await relay_stream(request, px, chat, translator, DIALECT, opener=_open)
     await _open(px, chat, stream=False)
-    async with px:
-        try:
-            answer = orjson.loads(await px.response.read())
-        except (*_UPSTREAM_BROKE, orjson.JSONDecodeError) as exc:
-            raise UpstreamError(f"neuron {px.neuron} broke off its answer: {exc}") from exc
-    if not isinstance(answer, dict):
-        raise UpstreamError(f"neuron {px.neuron} answered something else than a completion")
-    px.note_usage(answer.get("usage"))
+    answer = await read_completion(px)
     message = translate.to_anthropic_message(
         answer, model=body["model"], stop_sequences=body.get("stop_sequences")
     )
@@ -84,7 +90,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     request[NEURON] = route.neuron.name
     try:
         answer = await route.neuron.client.tokenize(tokenize)
-    except _UPSTREAM_BROKE as exc:
+    except UPSTREAM_BROKE as exc:
         raise UpstreamError(f"neuron {route.neuron.name} failed to count tokens: {exc}") from exc
     return json_response({"input_tokens": int(answer["count"])})
 
@@ -92,86 +98,10 @@ async def count_tokens(request: web.Request) -> web.Response:
 async def _open(
     px: ProxiedRequest, chat: dict[str, Any], stream: bool, on_wait: OnWait | None = None
 ) -> None:
-    """`px.open` for the chat request; a 429 always carries `retry-after` (Anthropic clients
-    wait for it; the neuron's error envelope has none)."""
+    """`open_chat`; a 429 always carries `retry-after` (Anthropic clients wait for it; the
+    neuron's error envelope has none)."""
     try:
-        await px.open(CHAT_PATH, chat, stream, on_wait)
+        await open_chat(px, chat, stream, on_wait)
     except RateLimited as exc:
         exc.retry_after = exc.retry_after or RATE_LIMIT_RETRY_S
         raise
-
-
-async def _stream(
-    request: web.Request, px: ProxiedRequest, body: dict[str, Any], chat: dict[str, Any]
-) -> web.StreamResponse:
-    translator = StreamTranslator(body["model"], stop_sequences=body.get("stop_sequences"))
-    out: web.StreamResponse | None = None
-
-    async def on_wait() -> None:
-        nonlocal out
-        if out is None:
-            out = await start_sse(request, {})
-        await _send(out, translator.ping())
-
-    try:
-        await _open(px, chat, True, on_wait)
-    except CortexError as exc:
-        if out is None:
-            raise
-        px.count(exc.code)
-        await end_sse(out, _encode(translator.fail(exc)))
-        return out
-    async with px:
-        out = out or await start_sse(request, px.headers())
-        try:
-            await _send(out, translator.start(_prompt_usage(px)))
-            await _relay(px, translator, out)
-            events = translator.finish()
-        except CLIENT_GONE:
-            px.client_gone()
-            return out
-        except CortexError as exc:
-            px.close(broken=True)
-            events = translator.fail(exc)
-        except _UPSTREAM_BROKE as exc:
-            events = translator.fail(px.broken(f"{exc or type(exc).__name__}"))
-        await end_sse(out, _encode(events))
-    return out
-
-
-def _prompt_usage(px: ProxiedRequest) -> dict[str, int] | None:
-    """The prompt's token count from the neuron's stream headers, as an OpenAI `usage`."""
-    value = px.response.headers.get(PROMPT_TOKENS_HEADER, "")
-    return {"prompt_tokens": int(value)} if value.isdigit() else None
-
-
-async def _relay(px: ProxiedRequest, translator: StreamTranslator, out: web.StreamResponse) -> None:
-    """Translate the neuron's chunks as they come until `[DONE]` or the end of the body."""
-    parser = sse.SSEParser()
-    async for data in px.response.content.iter_any():
-        for event in parser.feed(data):
-            if event.data is None:
-                await _send(out, translator.ping())  # the neuron's keep-alive while prefilling
-                continue
-            if event.done:
-                return
-            chunk = event.json()
-            if not isinstance(chunk, dict):
-                raise UpstreamError(f"neuron {px.neuron} sent a malformed chunk")
-            if "error" in chunk:
-                raise error_from_response(500, event.data.encode(), px.neuron)
-            if chunk.get("usage"):
-                px.note_usage(chunk["usage"])
-            events = translator.feed(chunk)
-            if any(e["type"] == "content_block_delta" for e in events):
-                px.note_first_token()
-            await _send(out, events)
-
-
-def _encode(events: list[dict[str, Any]]) -> bytes:
-    return b"".join(sse.event(e["type"], e) for e in events)
-
-
-async def _send(out: web.StreamResponse, events: list[dict[str, Any]]) -> None:
-    if events:
-        await out.write(_encode(events))

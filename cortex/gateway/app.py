@@ -21,7 +21,7 @@ from aiohttp import web
 
 from cortex.config import CortexConfig
 from cortex.errors import CortexError, anthropic_status
-from cortex.gateway import anthropic_proxy, fleet_routes, openai_proxy
+from cortex.gateway import anthropic_proxy, fleet_routes, openai_proxy, responses_proxy
 from cortex.gateway.state import ARRIVED, GATEWAY, Gateway
 from cortex.web import Handler, error_middleware, json_response, key_auth
 
@@ -36,6 +36,10 @@ ROUTES = [
     web.post("/v1/completions", openai_proxy.passthrough),
     web.post("/v1/messages", anthropic_proxy.messages),
     web.post("/v1/messages/count_tokens", anthropic_proxy.count_tokens),
+    web.post("/v1/responses", responses_proxy.create),
+    web.get("/v1/responses/{response_id}", responses_proxy.retrieve),
+    web.delete("/v1/responses/{response_id}", responses_proxy.delete),
+    web.get("/v1/responses/{response_id}/input_items", responses_proxy.input_items),
     web.get("/fleet", fleet_routes.fleet),
     web.post("/fleet/load", fleet_routes.load),
     web.post("/fleet/unload", fleet_routes.unload),

@@ -2,7 +2,8 @@
 
 Built by `create_app`; `start()` (from the app's cleanup context) opens the connection pool,
 makes one `NeuronClient` per configured neuron, polls them all once (so the first request
-already knows the fleet) and starts the poller and upkeep tasks; `close()` stops them.
+already knows the fleet) and starts the poller and upkeep tasks; `close()` stops them and
+closes the response store (which opens its database on first use, see response_store.py).
 Per-request values the request metrics read live in the request under `ARRIVED`, `MODEL` and
 `NEURON`; `count_request` is the one place that counts requests and errors.
 """
@@ -16,7 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from cortex import __version__
-from cortex.config import CortexConfig, NeuronEntry
+from cortex.config import CortexConfig, NeuronEntry, gateway_state_dir
 from cortex.errors import ConfigError
 from cortex.gateway.fleet import Fleet, Neuron
 from cortex.gateway.metrics import Metrics
@@ -24,6 +25,7 @@ from cortex.gateway.neuron_client import NeuronClient
 from cortex.gateway.openai_backend import OpenAIBackend
 from cortex.gateway.pins import Pins
 from cortex.gateway.poller import Poller
+from cortex.gateway.response_store import ResponseStore
 from cortex.gateway.router import Router
 from cortex.gateway.upkeep import Upkeep
 
@@ -33,6 +35,7 @@ APIS = {
     "/v1/messages": "messages",
     "/v1/messages/count_tokens": "count_tokens",
     "/v1/models": "models",
+    "/v1/responses": "responses",
 }
 ARRIVED = web.RequestKey("cortex.arrived", float)
 MODEL = web.RequestKey("cortex.model", str)
@@ -52,6 +55,9 @@ class Gateway:
         self.poller = Poller(self.fleet, float(section.poll_interval))
         self.router = Router(config, self.fleet, self.poller, self.metrics, self.pins)
         self.upkeep = Upkeep(config, self.fleet, self.router, self.pins)
+        self.responses = ResponseStore(
+            gateway_state_dir(section), float(section.response_retention)
+        )
         # Streams: a read timeout for stalls, never a total one (a long answer is fine).
         self.proxy_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=10, sock_read=float(section.stream_read_timeout) or None
@@ -97,7 +103,9 @@ class Gateway:
             metrics.of(metrics.errors, reason, model, neuron).inc()
         if status is not None:
             path = request.path
-            api = APIS.get(path) or ("fleet" if path.startswith("/fleet") else "other")
+            # `/v1/responses/{id}...` counts with its collection.
+            api = APIS.get(path) or APIS.get("/".join(path.split("/")[:3]))
+            api = api or ("fleet" if path.startswith("/fleet") else "other")
             metrics.of(metrics.requests, api, str(status), model, neuron).inc()
 
     async def close(self) -> None:
@@ -109,6 +117,7 @@ class Gateway:
                 await task
         if self.session is not None:
             await self.session.close()
+        await self.responses.close()
 
 
 GATEWAY = web.AppKey("cortex.gateway", Gateway)

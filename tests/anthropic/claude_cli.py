@@ -11,55 +11,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
+from tests.support.npm_cli import npm_cli
+
 VERSION = "2.1.197"
-CACHE = Path.home() / ".cache" / "cortex-tests" / f"claude-code-{VERSION}"
-INSTALL_TIMEOUT_S = 600
-
-
-class Unavailable(Exception):
-    """npm or the network is missing: the CLI cannot be installed here."""
-
-
-def _works(binary: Path) -> bool:
-    if not binary.exists():
-        return False
-    try:
-        result = subprocess.run(
-            [str(binary), "--version"], capture_output=True, text=True, timeout=60
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return result.returncode == 0 and VERSION in result.stdout
 
 
 def claude_binary() -> Path:
     """The `claude` executable, installed into the cache first if needed."""
-    binary = CACHE / "node_modules" / ".bin" / "claude"
-    if _works(binary):
-        return binary
-    npm = shutil.which("npm")
-    if npm is None:
-        raise Unavailable("npm is not installed, so the Claude Code CLI cannot be installed")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    command = [npm, "install", "--prefix", str(CACHE), "--no-audit", "--no-fund"]
-    try:
-        result = subprocess.run(
-            [*command, f"@anthropic-ai/claude-code@{VERSION}"],
-            capture_output=True,
-            text=True,
-            timeout=INSTALL_TIMEOUT_S,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise Unavailable(f"npm install of Claude Code {VERSION} timed out (no network?)") from exc
-    if result.returncode != 0 or not _works(binary):
-        tail = (result.stderr or result.stdout)[-800:]
-        raise Unavailable(f"npm install of Claude Code {VERSION} failed (no network?): {tail}")
-    return binary
+    return npm_cli("@anthropic-ai/claude-code", VERSION, "claude-code", "claude")
 
 
 def run_claude(

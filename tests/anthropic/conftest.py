@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.anthropic.claude_cli import Unavailable, claude_binary
+from tests.anthropic.claude_cli import claude_binary
+from tests.support.npm_cli import NpmUnavailable
 
 
 @pytest.fixture(scope="session")
@@ -12,5 +13,5 @@ def claude():
     """The real Claude Code CLI (installed into ~/.cache/cortex-tests on first use)."""
     try:
         return claude_binary()
-    except Unavailable as exc:
+    except NpmUnavailable as exc:
         pytest.skip(str(exc))
