@@ -9,11 +9,14 @@ disturbed figure). Models:
 - `stories260k`: the real 260K-parameter Llama fixture (per-step overhead dominates);
 - `smollm2`: random weights with SmolLM2-135M's shapes (hidden 576, 9/3 heads, vocab 49152);
 - `qwen3`: random weights with Qwen3-0.6B's shapes (from the fixture's config.json);
+- `qwen3_moe`, `gemma2`, `gemma3`, `phi3`: random weights, small shapes of each architecture
+  (hidden 512, SmolLM2's vocabulary; 16 experts, top 4, for the MoE; windows of 16 tokens, shorter
+  than prompt + output, for Gemma), transformers with eager attention for Gemma 2 (its soft-cap needs it);
 
 the random ones with `--layers` layers (default 4) instead of their full depth.
 
-Usage: `python bench/decoder_cpu.py [--models stories260k,smollm2,qwen3] [--tokens 64]
-[--prompt 32] [--layers 4] [--threads 1] [--repeats 3]`.
+Usage: `python bench/decoder_cpu.py [--models stories260k,smollm2,qwen3,qwen3_moe,gemma2,gemma3,phi3]
+[--tokens 64] [--prompt 32] [--layers 4] [--threads 1] [--repeats 3]`.
 """
 
 from __future__ import annotations
@@ -44,6 +47,41 @@ SMOLLM2 = {
     "tie_word_embeddings": True,
     "bos_token_id": 1,
     "eos_token_id": 2,
+}
+
+_SMALL = {
+    "vocab_size": 49152,
+    "hidden_size": 512,
+    "intermediate_size": 1536,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "head_dim": 64,
+    "max_position_embeddings": 4096,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+ARCHITECTURES = {
+    "qwen3_moe": {
+        **_SMALL,
+        "model_type": "qwen3_moe",
+        "num_experts": 16,
+        "num_experts_per_tok": 4,
+        "moe_intermediate_size": 384,
+        "norm_topk_prob": True,
+    },
+    "gemma2": {**_SMALL, "model_type": "gemma2", "sliding_window": 16, "query_pre_attn_scalar": 64},
+    "gemma3": {
+        **_SMALL,
+        "model_type": "gemma3_text",
+        "sliding_window": 16,
+        "sliding_window_pattern": 2,
+    },
+    "phi3": {
+        **_SMALL,
+        "model_type": "phi3",
+        "num_key_value_heads": 8,
+        "tie_word_embeddings": False,
+    },
 }
 
 
@@ -95,7 +133,10 @@ def cortex_side(path: Path, prompt: list[int]) -> Callable[[int], list[int]]:
 def transformers_side(path: Path, prompt: list[int]) -> Callable[[int], list[int]]:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    # Gemma 2's attention soft-cap exists only in transformers' eager attention.
+    gemma2 = json.loads((path / "config.json").read_text())["model_type"] == "gemma2"
+    attention = {"attn_implementation": "eager"} if gemma2 else {}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **attention).eval()
     ids = torch.tensor([prompt])
 
     def generate(n: int) -> list[int]:
@@ -120,6 +161,8 @@ def model_path(name: str, layers: int, scratch: Path) -> Path:
         config = SMOLLM2
     elif name == "qwen3":
         config = json.loads((FIXTURES / "qwen3" / "config.json").read_text())
+    elif name in ARCHITECTURES:
+        config = ARCHITECTURES[name]
     else:
         raise SystemExit(f"unknown model {name!r}")
     return random_checkpoint(config, layers, scratch / name)
@@ -127,7 +170,9 @@ def model_path(name: str, layers: int, scratch: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="stories260k,smollm2,qwen3")
+    parser.add_argument(
+        "--models", default=",".join(["stories260k", "smollm2", "qwen3", *ARCHITECTURES])
+    )
     parser.add_argument("--tokens", type=int, default=64, help="tokens decoded per run")
     parser.add_argument("--prompt", type=int, default=32, help="prompt tokens")
     parser.add_argument("--layers", type=int, default=4, help="layers of the random models")

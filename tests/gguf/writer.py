@@ -1,7 +1,8 @@
 """Write a Hugging Face checkpoint as a GGUF file the way llama.cpp's converter does.
 
 llama.cpp tensor names and metadata keys, Q/K rows permuted for the `llama` architecture, the
-tokenizer as `tokenizer.ggml.*` (gguf's own `SpecialVocab` writes merges, special ids, add_bos
+experts of `qwen3moe` stacked per layer, Gemma's norm weights stored plus 1, Phi-3's LongRoPE
+factors as tensors, the tokenizer as `tokenizer.ggml.*` (gguf's own `SpecialVocab` writes merges, special ids, add_bos
 and the chat template), each matrix stored as the quantization type the caller picks.
 
 Beside it, `write_reference` saves the same checkpoint with every tensor replaced by what the
@@ -13,20 +14,34 @@ is computed on the unpermuted weights and never uses cortex's unpermute code.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter, SpecialVocab, TokenType, quants
+from gguf import (
+    GGMLQuantizationType,
+    GGUFReader,
+    GGUFWriter,
+    RopeScalingType,
+    SpecialVocab,
+    TokenType,
+    quants,
+)
 from gguf.quants import quant_shape_to_byte_shape
 from safetensors.numpy import load_file, save_file
 
 from cortex.neuron.models.gguf_file import GGUFFile
 
 Q = GGMLQuantizationType
-PRE_NAMES = {"llama": "llama-bpe", "qwen2": "qwen2", "qwen3": "qwen2"}
+# HF model_type -> GGUF architecture, where they differ.
+GGUF_ARCH = {"qwen3_moe": "qwen3moe", "gemma3_text": "gemma3"}
+PRE_NAMES = {
+    "llama": "llama-bpe", "qwen2": "qwen2", "qwen3": "qwen2", "qwen3moe": "qwen2",
+    "gemma2": "default", "gemma3": "default", "phi3": "default",
+}  # fmt: skip
 HF_TO_GGUF = {
     "model.embed_tokens": "token_embd",
     "model.norm": "output_norm",
@@ -42,8 +57,17 @@ HF_TO_GGUF = {
     "mlp.gate_proj": "ffn_gate",
     "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
+    "mlp.gate": "ffn_gate_inp",
+    "self_attn.qkv_proj": "attn_qkv",
+    "mlp.gate_up_proj": "ffn_up",  # phi3's fused gate/up
+}
+GEMMA_NORMS = {
+    "pre_feedforward_layernorm": "ffn_norm",
+    "post_attention_layernorm": "post_attention_norm",
+    "post_feedforward_layernorm": "post_ffw_norm",
 }
 LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)")
+EXPERT = re.compile(r"mlp\.experts\.(\d+)\.(gate|up|down)_proj")
 
 # Picks the storage type of a tensor from its GGUF name and shape.
 TypeChooser = Callable[[str, tuple[int, ...]], GGMLQuantizationType]
@@ -56,13 +80,54 @@ def mixed_types(name: str, shape: tuple[int, ...]) -> GGMLQuantizationType:
     return Q.F16 if name.split(".")[-2] in ("attn_v", "ffn_down") else Q.Q8_0
 
 
-def gguf_name(hf: str) -> str:
+def gguf_name(hf: str, arch: str = "llama") -> str:
+    """The GGUF name of HF tensor `hf`; each expert's projection maps to its stacked tensor."""
     stem, _, kind = hf.rpartition(".")
     if stem in HF_TO_GGUF:
         return f"{HF_TO_GGUF[stem]}.{kind}"
     m = LAYER.fullmatch(hf)
     assert m is not None, hf
-    return f"blk.{m.group(1)}.{HF_TO_GGUF[m.group(2)]}.{m.group(3)}"
+    expert = EXPERT.fullmatch(m.group(2))
+    if expert is not None:
+        return f"blk.{m.group(1)}.ffn_{expert.group(2)}_exps.{m.group(3)}"
+    names = {**HF_TO_GGUF, **(GEMMA_NORMS if arch.startswith("gemma") else {})}
+    return f"blk.{m.group(1)}.{names[m.group(2)]}.{m.group(3)}"
+
+
+def norm_shift(arch: str, name: str) -> float:
+    """What the converter adds to a tensor: 1 to Gemma's (1 + weight) norms, else 0."""
+    return 1.0 if arch.startswith("gemma") and name.endswith("norm.weight") else 0.0
+
+
+def _arch_metadata(w: GGUFWriter, config: dict, arch: str, head_dim: int) -> None:
+    """The keys beyond the Llama family's, as llama.cpp's converter writes them."""
+    if arch.startswith("gemma"):
+        if config.get("attn_logit_softcapping"):
+            w.add_attn_logit_softcapping(config["attn_logit_softcapping"])
+        if config.get("final_logit_softcapping"):
+            w.add_final_logit_softcapping(config["final_logit_softcapping"])
+        w.add_sliding_window(config["sliding_window"])
+        default = 2 if arch == "gemma2" else 6
+        slides = [t == "sliding_attention" for t in config["layer_types"]]
+        if slides != [(i + 1) % default != 0 for i in range(len(slides))]:
+            # Not llama.cpp's assumed pattern: one flag per layer, a form the key also takes.
+            w.add_sliding_window_pattern(slides)
+    elif arch == "qwen3moe":
+        w.add_expert_count(config.get("num_experts") or config["num_local_experts"])
+        w.add_expert_used_count(config["num_experts_per_tok"])
+        w.add_expert_feed_forward_length(config["moe_intermediate_size"])
+    elif arch == "phi3":
+        rope = config.get("rope_parameters") or {}
+        rotated = int(head_dim * rope.get("partial_rotary_factor", 1.0))
+        w.add_rope_dimension_count(rotated)
+        w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+        w.add_sliding_window(config.get("sliding_window") or 0)
+        scale = config["max_position_embeddings"] / rope["original_max_position_embeddings"]
+        w.add_rope_scaling_attn_factors(
+            math.sqrt(1 + math.log(scale) / math.log(rope["original_max_position_embeddings"]))
+        )
+        w.add_tensor("rope_factors_long.weight", np.array(rope["long_factor"], np.float32))
+        w.add_tensor("rope_factors_short.weight", np.array(rope["short_factor"], np.float32))
 
 
 def permute(w: np.ndarray, heads: int) -> np.ndarray:
@@ -123,7 +188,7 @@ def llama3_rope_freqs(config: dict, head_dim: int) -> np.ndarray | None:
 def write_gguf(hf_dir: Path, out: Path, choose: TypeChooser = mixed_types) -> Path:
     """Convert the checkpoint in `hf_dir` to the GGUF file `out`."""
     config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
-    arch = config["model_type"]
+    arch = GGUF_ARCH.get(config["model_type"], config["model_type"])
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -139,9 +204,14 @@ def write_gguf(hf_dir: Path, out: Path, choose: TypeChooser = mixed_types) -> Pa
     w.add_value_length(head_dim)
     w.add_rope_dimension_count(head_dim)
     rope = config.get("rope_parameters") or {}
+    rope = rope.get("full_attention", rope)  # Gemma 3: the global layers' RoPE
     w.add_rope_freq_base(config.get("rope_theta") or rope.get("rope_theta", 10000.0))
+    if rope.get("rope_type") == "linear":
+        w.add_rope_scaling_type(RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(rope["factor"])
     w.add_layer_norm_rms_eps(config["rms_norm_eps"])
     w.add_file_type(7)  # MOSTLY_Q8_0
+    _arch_metadata(w, config, arch, head_dim)
 
     tokens, types = _tokens(hf_dir, config["vocab_size"])
     w.add_tokenizer_model("gpt2")
@@ -150,11 +220,20 @@ def write_gguf(hf_dir: Path, out: Path, choose: TypeChooser = mixed_types) -> Pa
     w.add_token_types(types)
     SpecialVocab(hf_dir, load_merges=True, n_vocab=len(tokens)).add_to_gguf(w, quiet=True)
 
+    experts: dict[str, dict[int, np.ndarray]] = {}
+    tensors = []
     for hf, tensor in load_file(hf_dir / "model.safetensors").items():
-        name = gguf_name(hf)
-        data = tensor.astype(np.float32)
+        name = gguf_name(hf, arch)
+        data = tensor.astype(np.float32) + norm_shift(arch, name)
         if arch == "llama" and name.endswith(("attn_q.weight", "attn_k.weight")):
             data = permute(data, heads if "attn_q" in name else kv_heads)
+        expert = EXPERT.search(hf)
+        if expert is not None:
+            experts.setdefault(name, {})[int(expert.group(1))] = data
+        else:
+            tensors.append((name, data))
+    tensors += [(name, np.stack([e[i] for i in sorted(e)])) for name, e in experts.items()]
+    for name, data in tensors:
         qtype = choose(name, data.shape)
         if qtype == Q.F32:
             w.add_tensor(name, data)
@@ -176,10 +255,13 @@ def write_reference(hf_dir: Path, out_dir: Path, choose: TypeChooser = mixed_typ
     for f in hf_dir.iterdir():
         if f.suffix != ".safetensors":
             shutil.copyfile(f, out_dir / f.name)
-    tensors = {
-        hf: roundtrip(t.astype(np.float32), choose(gguf_name(hf), t.shape))
-        for hf, t in load_file(hf_dir / "model.safetensors").items()
-    }
+    arch = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))["model_type"]
+    arch = GGUF_ARCH.get(arch, arch)
+    tensors = {}
+    for hf, t in load_file(hf_dir / "model.safetensors").items():
+        name = gguf_name(hf, arch)
+        shift = norm_shift(arch, name)
+        tensors[hf] = roundtrip(t.astype(np.float32) + shift, choose(name, t.shape)) - shift
     save_file(tensors, out_dir / "model.safetensors")
     return out_dir
 

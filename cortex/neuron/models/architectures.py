@@ -9,15 +9,23 @@ from __future__ import annotations
 import torch
 
 from cortex.errors import UnsupportedArchitecture
+from cortex.neuron.models.gemma import GemmaForCausalLM
 from cortex.neuron.models.llama import LlamaForCausalLM
 from cortex.neuron.models.model_config import SUPPORTED_ARCHITECTURES, ModelConfig
+from cortex.neuron.models.phi3 import Phi3ForCausalLM
+from cortex.neuron.models.qwen3_moe import Qwen3MoeForCausalLM
 
-# The common interface every decoder implements (that of LlamaForCausalLM).
+# The common interface every decoder implements (that of LlamaForCausalLM, their base class).
 CausalLM = LlamaForCausalLM
 
-MODEL_CLASSES: dict[str, type[LlamaForCausalLM]] = dict.fromkeys(
-    SUPPORTED_ARCHITECTURES, LlamaForCausalLM
-)
+MODEL_CLASSES: dict[str, type[LlamaForCausalLM]] = {
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3"), LlamaForCausalLM),
+    "qwen3_moe": Qwen3MoeForCausalLM,
+    "gemma2": GemmaForCausalLM,
+    "gemma3_text": GemmaForCausalLM,
+    "phi3": Phi3ForCausalLM,
+}
+assert set(MODEL_CLASSES) == SUPPORTED_ARCHITECTURES
 
 
 def build_model(config: ModelConfig, device: torch.device | str, dtype: torch.dtype) -> CausalLM:

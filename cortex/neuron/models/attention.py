@@ -9,10 +9,14 @@ A step is either a prefill (any query lengths; sequences packed one after anothe
 flat token batch) or a decode (every query length is 1). Prefill loops over sequences and may
 sync with the host; decode is one batched gather + masked SDPA with static shapes and no host
 sync, so a CUDA graph can capture it.
+
+Each layer passes its own sliding window (None: global), score scale (None: 1/sqrt(head_dim))
+and tanh soft-cap (Gemma 2); a window is only a mask over the blocks a sequence holds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import torch
@@ -52,24 +56,31 @@ class DecodeInputs:
     """
 
     blocks: torch.Tensor  # LongTensor[B * max_blocks]: the cache blocks to gather, row-major
-    bias: torch.Tensor  # [B, 1, 1, S] additive mask in the model dtype: 0 visible, -inf not
+    # By window (None: global): [B, 1, 1, S] additive mask in the model dtype, 0 visible, -inf not.
+    biases: dict[int | None, torch.Tensor]
 
 
 def with_decode_inputs(
-    attn: AttentionMetadata, block_size: int, window: int | None, dtype: torch.dtype
+    attn: AttentionMetadata,
+    block_size: int,
+    windows: Iterable[int | None],
+    dtype: torch.dtype,
 ) -> AttentionMetadata:
-    """A copy of decode metadata carrying its `DecodeInputs` (block index and key mask)."""
+    """A copy of decode metadata carrying its `DecodeInputs`: the block index and one key mask
+    per distinct window among `windows` (the layers')."""
     span = attn.block_tables.shape[1] * block_size
     positions = torch.arange(span, device=attn.context_lens.device)[None, :]  # [1, S]
     lens = attn.context_lens[:, None]  # [B, 1]
-    hidden = positions >= lens  # [B, S]: past the context
-    if window is not None:
-        hidden |= positions < lens - window
-    # An additive mask: SDPA's CPU kernel takes it faster than a boolean one.
-    bias = torch.zeros(hidden.shape, dtype=dtype, device=hidden.device)
-    bias.masked_fill_(hidden, float("-inf"))
+    biases = {}
+    for window in set(windows):
+        hidden = positions >= lens  # [B, S]: past the context
+        if window is not None:
+            hidden |= positions < lens - window
+        # An additive mask: SDPA's CPU kernel takes it faster than a boolean one.
+        bias = torch.zeros(hidden.shape, dtype=dtype, device=hidden.device)
+        biases[window] = bias.masked_fill_(hidden, float("-inf"))[:, None, None, :]
     blocks = _block_index(attn.block_tables, attn.block_tables.shape[1])
-    return replace(attn, decode=DecodeInputs(blocks, bias[:, None, None, :]))
+    return replace(attn, decode=DecodeInputs(blocks, biases))
 
 
 @dataclass
@@ -135,6 +146,8 @@ def prefill_attention(
     v_cache: torch.Tensor | None,
     attn: AttentionMetadata,
     window: int | None = None,
+    scale: float | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Causal attention of packed new tokens over each sequence's cached prefix plus themselves.
 
@@ -157,22 +170,51 @@ def prefill_attention(
             ki, vi = _gather(k_cache, v_cache, blocks, 1)
             ki, vi = ki[0, :ctx], vi[0, :ctx]  # [ctx, KVH, D]
         mask = None
-        if prefix or (window is not None and window < ctx):
+        if prefix or (window is not None and window < ctx) or softcap is not None:
             # Query j sits at absolute position prefix + j and sees keys up to prefix + j.
             full = torch.ones(new, ctx, dtype=torch.bool, device=q.device)
             mask = full.tril(prefix)
             if window is not None and window < ctx:
                 mask &= ~full.tril(prefix - window)
-        oi = F.scaled_dot_product_attention(
-            qi,
-            ki.transpose(0, 1),  # [KVH, S, D]
-            vi.transpose(0, 1),
-            attn_mask=mask,
-            is_causal=mask is None,
-            enable_gqa=True,
-        )  # [H, L, D]
+        ki, vi = ki.transpose(0, 1), vi.transpose(0, 1)  # [KVH, S, D]
+        if softcap is None:
+            oi = F.scaled_dot_product_attention(
+                qi, ki, vi, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True
+            )  # [H, L, D]
+        else:
+            group = qi.shape[0] // ki.shape[0]
+            bias = torch.zeros(mask.shape, dtype=qi.dtype, device=q.device)
+            bias.masked_fill_(~mask, float("-inf"))
+            oi = softcapped_attention(
+                qi,
+                ki.repeat_interleave(group, 0),
+                vi.repeat_interleave(group, 0),
+                bias,
+                scale,
+                softcap,
+            )
         out[s:e] = oi.transpose(0, 1)
     return out
+
+
+def softcapped_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor,
+    scale: float | None,
+    softcap: float,
+) -> torch.Tensor:
+    """Attention with Gemma 2's tanh soft-capping of the scores, which SDPA cannot do.
+
+    q [..., L, D], k/v [..., S, D] (same heads, or broadcastable), additive `bias` [.., L, S].
+    The scores are capped before the mask and the softmax runs in fp32, as transformers does.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = (q @ k.transpose(-1, -2)) * scale  # [..., L, S]
+    scores = torch.tanh(scores / softcap) * softcap + bias
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return probs @ v  # [..., L, D]
 
 
 def decode_attention(
@@ -181,6 +223,8 @@ def decode_attention(
     v_cache: torch.Tensor,
     attn: AttentionMetadata,
     window: int | None = None,
+    scale: float | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """One new token per sequence against its whole cached context; static shapes, no sync.
 
@@ -188,19 +232,20 @@ def decode_attention(
     sliding `window`, those `window` or more positions back) are masked. The block index and
     mask come from `attn.decode` when the model computed them for the step.
     """
-    if attn.decode is None:
-        attn = with_decode_inputs(attn, k_cache.shape[1], window, q.dtype)
+    if attn.decode is None or window not in attn.decode.biases:
+        attn = with_decode_inputs(attn, k_cache.shape[1], [window], q.dtype)
     batch, heads, dim = q.shape
     ks, vs = _gather(k_cache, v_cache, attn.decode.blocks, batch)  # [B, S, KVH, D]
     kv_heads = k_cache.shape[2]
     # Grouped-query attention without repeating K/V: the query heads that share a KV head
     # become that head's query rows (head h uses KV head h // group, as HF's repeat_kv).
-    out = F.scaled_dot_product_attention(
-        q.view(batch, kv_heads, heads // kv_heads, dim),  # [B, KVH, G, D]
-        ks.transpose(1, 2),  # [B, KVH, S, D]
-        vs.transpose(1, 2),
-        attn_mask=attn.decode.bias,  # [B, 1, 1, S]
-    )  # [B, KVH, G, D]
+    qg = q.view(batch, kv_heads, heads // kv_heads, dim)  # [B, KVH, G, D]
+    ks, vs = ks.transpose(1, 2), vs.transpose(1, 2)  # [B, KVH, S, D]
+    bias = attn.decode.biases[window]  # [B, 1, 1, S]
+    if softcap is None:
+        out = F.scaled_dot_product_attention(qg, ks, vs, attn_mask=bias, scale=scale)
+    else:
+        out = softcapped_attention(qg, ks, vs, bias, scale, softcap)  # [B, KVH, G, D]
     return out.reshape(batch, heads, dim)
 
 

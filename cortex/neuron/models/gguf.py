@@ -8,7 +8,11 @@ target device (`dequant.py`) and fed to `CausalLM.load_weights` under their Hugg
 
 llama.cpp's converter permutes the rows of Q and K for the `llama` architecture (its RoPE pairs
 adjacent dims, HF's pairs the two halves); that permutation is undone here. Qwen files are not
-permuted. The reader memory-maps the file, so nothing is read twice.
+permuted. Beyond the Llama family: `qwen3moe` stacks each layer's experts in one tensor per
+projection (split back into HF's per-expert names here), `gemma2` / `gemma3` store every norm
+weight plus 1 (llama.cpp's RMSNorm has no (1 + weight)), `phi3` keeps q/k/v and gate/up fused
+and its LongRoPE factors as two tensors. The reader memory-maps the file, so nothing is read
+twice.
 """
 
 from __future__ import annotations
@@ -32,9 +36,18 @@ from cortex.neuron.models.dtypes import default_dtype, parse_dtype
 from cortex.neuron.models.gguf_file import GGUFFile
 from cortex.neuron.models.model_config import ModelConfig
 
-ARCHITECTURES = {"llama", "qwen2", "qwen3"}
+# GGUF `general.architecture` -> HF `model_type`.
+ARCHITECTURES = {
+    "llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "qwen3moe": "qwen3_moe",
+    "gemma2": "gemma2", "gemma3": "gemma3_text", "phi3": "phi3",
+}  # fmt: skip
 # The only architecture whose Q/K rows llama.cpp's converter permutes.
 PERMUTED_ARCHITECTURES = {"llama"}
+# Architectures whose norm weights the converter stores plus 1.
+SHIFTED_NORMS = {"gemma2", "gemma3"}
+# llama.cpp's layer counts of the Gemma 27B models, whose attention scale is hidden / heads
+# rather than head_dim (llama.cpp derives it from the model size; no key holds it).
+GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
 
 GLOBAL_TENSORS = {
     "token_embd": "model.embed_tokens",
@@ -53,7 +66,26 @@ BLOCK_TENSORS = {
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+    "ffn_gate_inp": "mlp.gate",
 }
+# Per-architecture differences from BLOCK_TENSORS.
+ARCH_BLOCK_TENSORS = {
+    "gemma2": {
+        "ffn_norm": "pre_feedforward_layernorm",
+        "post_attention_norm": "post_attention_layernorm",
+        "post_ffw_norm": "post_feedforward_layernorm",
+    },
+    "phi3": {"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"},
+}
+ARCH_BLOCK_TENSORS["gemma3"] = ARCH_BLOCK_TENSORS["gemma2"]
+# Stacked experts (qwen3moe) -> the per-expert HF projection.
+EXPERT_TENSORS = {
+    "ffn_gate_exps": "gate_proj",
+    "ffn_up_exps": "up_proj",
+    "ffn_down_exps": "down_proj",
+}
+# Phi-3's LongRoPE factors, folded into config.rope_scaling.
+ROPE_FACTORS = ("rope_factors_short.weight", "rope_factors_long.weight")
 # Llama 3.1+ files carry their RoPE scaling as this tensor of per-frequency divisors.
 ROPE_FREQS = "rope_freqs.weight"
 BLOCK_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
@@ -108,6 +140,11 @@ def architecture(reader: GGUFFile) -> str:
     return arch
 
 
+def _not_weights(name: str) -> bool:
+    """Tensors that are settings (RoPE factors), not model weights."""
+    return name == ROPE_FREQS or name in ROPE_FACTORS
+
+
 def config_dict(reader: GGUFFile) -> dict[str, Any]:
     """The metadata as a `config.json`-style dict for `ModelConfig.from_dict`."""
     arch = architecture(reader)
@@ -122,8 +159,8 @@ def config_dict(reader: GGUFFile) -> dict[str, Any]:
     tensors = {t.name for t in reader.tensors}
     tokens = reader.get("tokenizer.ggml.tokens")
     eos = [reader.get(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
-    return {
-        "model_type": arch,
+    config = {
+        "model_type": ARCHITECTURES[arch],
         "vocab_size": len(tokens) if tokens else int(hp("vocab_size")),
         "hidden_size": hidden,
         "intermediate_size": int(hp("feed_forward_length")),
@@ -140,6 +177,51 @@ def config_dict(reader: GGUFFile) -> dict[str, Any]:
         "bos_token_id": reader.get("tokenizer.ggml.bos_token_id"),
         "eos_token_id": list(dict.fromkeys(int(i) for i in eos if i is not None)),
         "torch_dtype": "bfloat16",
+        "sliding_window": reader.get(f"{arch}.attention.sliding_window") or None,
+    }
+    if arch in SHIFTED_NORMS:
+        config.update(_gemma_settings(reader, arch, config))
+    elif arch == "qwen3moe":
+        config.update(
+            num_experts=int(hp("expert_count")),
+            num_experts_per_tok=int(hp("expert_used_count")),
+            moe_intermediate_size=int(hp("expert_feed_forward_length")),
+            # llama.cpp's qwen3moe always renormalises the top-k weights.
+            norm_topk_prob=bool(reader.get(f"{arch}.expert_weights_norm", True)),
+            mlp_only_layers=[
+                i
+                for i in range(config["num_hidden_layers"])
+                if f"blk.{i}.ffn_gate_inp.weight" not in tensors
+            ],
+        )
+    elif arch == "phi3":
+        rotated = int(hp("rope.dimension_count", config["head_dim"]))
+        config["partial_rotary_factor"] = rotated / config["head_dim"]
+    return config
+
+
+def _gemma_settings(reader: GGUFFile, arch: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Gemma's keys: activation, attention scale, soft-caps, windows and the local RoPE base."""
+    wide = config["num_hidden_layers"] == GEMMA_27B_LAYERS[arch]
+    # An int (every n-th layer is global), or one bool per layer (True: sliding); llama.cpp's
+    # own Gemma converters write neither and assume 2 (gemma2) and 6 (gemma3).
+    pattern = reader.get(f"{arch}.attention.sliding_window_pattern") or (
+        2 if arch == "gemma2" else 6
+    )
+    if isinstance(pattern, list):
+        kinds = ["sliding_attention" if slides else "full_attention" for slides in pattern]
+        windows: dict[str, Any] = {"layer_types": kinds}
+    else:
+        windows = {"sliding_window_pattern": int(pattern)}
+    return {
+        "hidden_activation": "gelu_pytorch_tanh",
+        "query_pre_attn_scalar": (
+            config["hidden_size"] // config["num_attention_heads"] if wide else config["head_dim"]
+        ),
+        "attn_logit_softcapping": reader.get(f"{arch}.attn_logit_softcapping"),
+        "final_logit_softcapping": reader.get(f"{arch}.final_logit_softcapping"),
+        "rope_local_base_freq": 10000.0,  # llama.cpp hard-codes Gemma 3's local base
+        **windows,
     }
 
 
@@ -153,6 +235,17 @@ def _rope_scaling(reader: GGUFFile, arch: str) -> dict[str, Any] | None:
         original = reader.get(f"{arch}.rope.scaling.original_context_length")
         scaling = {"rope_type": kind, "factor": factor}
         return scaling | ({"original_max_position_embeddings": original} if original else {})
+    short, long = (reader.tensor(name) for name in ROPE_FACTORS)
+    if short is not None and long is not None:  # Phi-3's LongRoPE
+        return {
+            "rope_type": "longrope",
+            "short_factor": np.asarray(short.data).view(np.float32).tolist(),
+            "long_factor": np.asarray(long.data).view(np.float32).tolist(),
+            "original_max_position_embeddings": reader.get(
+                f"{arch}.rope.scaling.original_context_length"
+            ),
+            "attention_factor": reader.get(f"{arch}.rope.scaling.attn_factor"),
+        }
     tensor = reader.tensor(ROPE_FREQS)
     if tensor is None:
         return None
@@ -192,16 +285,20 @@ def gguf_config(path: str | Path) -> ModelConfig:
     return ModelConfig.from_dict(config_dict(open_gguf(find_gguf(path) or path)))
 
 
-def hf_name(name: str) -> str:
+def hf_name(name: str, arch: str = "llama") -> str:
     """llama.cpp tensor name -> Hugging Face name (`blk.3.attn_q.weight` ->
-    `model.layers.3.self_attn.q_proj.weight`); unknown names raise `ModelLoadFailed`."""
+    `model.layers.3.self_attn.q_proj.weight`); a stacked-experts tensor gives the name with
+    `{}` where the expert number goes. Unknown names raise `ModelLoadFailed`."""
     stem, _, kind = name.rpartition(".")
     if stem in GLOBAL_TENSORS and kind in ("weight", "bias"):
         return f"{GLOBAL_TENSORS[stem]}.{kind}"
     m = BLOCK_NAME.fullmatch(name)
-    if m is None or m.group(2) not in BLOCK_TENSORS:
+    names = {**BLOCK_TENSORS, **ARCH_BLOCK_TENSORS.get(arch, {})}
+    if m is not None and m.group(2) in EXPERT_TENSORS:
+        return f"model.layers.{m.group(1)}.mlp.experts.{{}}.{EXPERT_TENSORS[m.group(2)]}.weight"
+    if m is None or m.group(2) not in names:
         raise ModelLoadFailed(f"GGUF tensor {name!r} has no counterpart in the model")
-    return f"model.layers.{m.group(1)}.{BLOCK_TENSORS[m.group(2)]}.{m.group(3)}"
+    return f"model.layers.{m.group(1)}.{names[m.group(2)]}.{m.group(3)}"
 
 
 def unpermute(weight: torch.Tensor, heads: int) -> torch.Tensor:
@@ -218,17 +315,23 @@ def iter_weights(
     reader: GGUFFile, config: ModelConfig, device: torch.device, dtype: torch.dtype
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """(HF name, dequantized tensor on `device` in `dtype`) for every model tensor in the file."""
-    permute = config.model_type in PERMUTED_ARCHITECTURES
+    arch = architecture(reader)
+    permute = arch in PERMUTED_ARCHITECTURES
     heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
     for t in reader.tensors:
-        if t.name == ROPE_FREQS:
+        if _not_weights(t.name):
             continue  # already folded into config.rope_scaling
-        name = hf_name(t.name)
+        name = hf_name(t.name, arch)
         weight = dequantize(t.data, t.qtype, t.shape, device=device, dtype=dtype, name=t.name)
         kind = t.name.split(".")[2] if t.name.startswith("blk.") else ""
         if permute and kind in heads:
             weight = unpermute(weight, heads[kind])
-        yield name, weight
+        if arch in SHIFTED_NORMS and t.name.endswith("norm.weight"):
+            weight = weight - 1.0
+        if kind in EXPERT_TENSORS:  # [E, rows, cols]: one tensor per expert
+            yield from ((name.format(e), w) for e, w in enumerate(weight))
+        else:
+            yield name, weight
 
 
 def load_gguf_model(
@@ -261,7 +364,7 @@ def gguf_weight_bytes(path: str | Path, dtype: torch.dtype | str | None = None) 
     """Bytes the dequantized weights take in `dtype` (fp32 if None), without loading them."""
     size = parse_dtype(dtype or torch.float32).itemsize
     reader = open_gguf(find_gguf(path) or path)
-    return sum(t.n_elements for t in reader.tensors if t.name != ROPE_FREQS) * size
+    return sum(t.n_elements for t in reader.tensors if not _not_weights(t.name)) * size
 
 
 @functools.lru_cache(maxsize=256)
@@ -280,8 +383,8 @@ def _info(file: Path, mtime_ns: int) -> dict[str, Any]:
         "format": "gguf",
         "quantization": quant,
         "bytes": file.stat().st_size,
-        "arch": arch,
-        "params": sum(t.n_elements for t in reader.tensors if t.name != ROPE_FREQS),
+        "arch": ARCHITECTURES.get(arch, arch),  # the model_type, as for safetensors
+        "params": sum(t.n_elements for t in reader.tensors if not _not_weights(t.name)),
         "max_context": reader.get(f"{arch}.context_length"),
         "file": file.name,
     }

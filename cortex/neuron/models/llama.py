@@ -1,10 +1,12 @@
-"""One hand-written decoder for the Llama family: llama, mistral, qwen2, qwen3.
+"""The hand-written decoder of the Llama family (llama, mistral, qwen2, qwen3), and the layers
+the other families (qwen3_moe.py, gemma.py, phi3.py) build on.
 
 The four differ only in details that ModelConfig carries: qkv bias (qwen2), q/k RMSNorm over
-head_dim (qwen3), an explicit head_dim, RoPE scaling (rope.py), a sliding window (mistral). Module names follow the HF
-checkpoints (`model.layers.N.self_attn.*`, `model.layers.N.mlp.*`, `lm_head`), except that q/k/v
-and gate/up are fused into `qkv_proj` and `gate_up_proj` (one GEMM each instead of three and
-two); `load_weights` maps the HF names into slices of the fused weights.
+head_dim (qwen3), an explicit head_dim, RoPE scaling (rope.py), sliding windows (mistral, Qwen's
+use_sliding_window). Module names follow the HF checkpoints (`model.layers.N.self_attn.*`,
+`model.layers.N.mlp.*`, `lm_head`), except that q/k/v and gate/up are fused into `qkv_proj` and
+`gate_up_proj` (one GEMM each instead of three and two); `load_weights` maps the HF names into
+slices of the fused weights, so loading stays a name lookup and strict.
 
 Tokens come as one flat packed batch (T tokens across all sequences of the step) with their
 positions; AttentionMetadata says where they go in the paged KV cache.
@@ -12,7 +14,8 @@ positions; AttentionMetadata says where they go in the paged KV cache.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +32,12 @@ from cortex.neuron.models.attention import (
 )
 from cortex.neuron.models.model_config import ModelConfig
 from cortex.neuron.models.rope import Rotary, apply_rope
+
+# MLP gate activations by config name.
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": F.silu,
+    "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
+}
 
 
 class RMSNorm(nn.Module):
@@ -47,9 +56,13 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """Self-attention with fused QKV, optional q/k norm, RoPE and the paged KV cache."""
+    """Self-attention with fused QKV, optional q/k norm, RoPE and the paged KV cache.
 
-    def __init__(self, config: ModelConfig) -> None:
+    Layer `layer`'s sliding window, score scale and soft-cap come from the config; `norm` is the
+    q/k norm's class.
+    """
+
+    def __init__(self, config: ModelConfig, layer: int, norm: type[RMSNorm] = RMSNorm) -> None:
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
@@ -61,10 +74,13 @@ class Attention(nn.Module):
         )
         self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.o_proj_bias)
         if config.qk_norm:
-            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
-            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.q_norm = norm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = norm(self.head_dim, config.rms_norm_eps)
         self.qk_norm = config.qk_norm
-        self.window = config.sliding_window
+        self.window = config.window(layer)
+        scalar = config.query_pre_attn_scalar
+        self.scale = None if scalar is None else scalar**-0.5  # None: SDPA's 1 / sqrt(head_dim)
+        self.softcap = config.attn_logit_softcapping
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
 
@@ -84,14 +100,18 @@ class Attention(nn.Module):
             store_kv(k, v, self.k_cache, self.v_cache, attn.slot_mapping)
         if attn.is_decode:
             assert self.k_cache is not None, "decode needs a bound KV cache"
-            out = decode_attention(q, self.k_cache, self.v_cache, attn, self.window)
+            out = decode_attention(
+                q, self.k_cache, self.v_cache, attn, self.window, self.scale, self.softcap
+            )
         else:
-            out = prefill_attention(q, k, v, self.k_cache, self.v_cache, attn, self.window)
+            out = prefill_attention(
+                q, k, v, self.k_cache, self.v_cache, attn, self.window, self.scale, self.softcap
+            )
         return self.o_proj(out.reshape(tokens, self.q_size))  # [T, hidden]
 
 
 class MLP(nn.Module):
-    """SwiGLU with fused gate/up: down(silu(gate(x)) * up(x))."""
+    """Gated MLP with fused gate/up: down(act(gate(x)) * up(x)), act SiLU or GELU-tanh."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -100,18 +120,21 @@ class MLP(nn.Module):
             config.hidden_size, 2 * self.intermediate, bias=config.mlp_bias
         )
         self.down_proj = nn.Linear(self.intermediate, config.hidden_size, bias=config.mlp_bias)
+        self.act = ACTIVATIONS[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)  # [T, I] each
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(self.act(gate) * up)
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    """Pre-norm residual block: attention, then the MLP."""
+
+    def __init__(self, config: ModelConfig, layer: int, norm: type[RMSNorm] = RMSNorm) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.input_layernorm = norm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer, norm)
+        self.post_attention_layernorm = norm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
     def forward(
@@ -122,25 +145,40 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, layer: type[DecoderLayer], norm: type[RMSNorm]) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.layers = nn.ModuleList(layer(config, i, norm) for i in range(config.num_hidden_layers))
+        self.norm = norm(config.hidden_size, config.rms_norm_eps)
 
 
 class LlamaForCausalLM(nn.Module):
-    """The causal LM: `forward` -> final hidden states, `compute_logits` -> fp32 logits."""
+    """The causal LM: `forward` -> final hidden states, `compute_logits` -> fp32 logits.
+
+    Other families subclass it, choosing their layer and norm classes and which fused weights the
+    checkpoint stores in parts.
+    """
+
+    layer_class: type[DecoderLayer] = DecoderLayer
+    norm_class: type[RMSNorm] = RMSNorm
+    # Fused parameter (by its last two name parts) -> the HF tensors stacked in it, in order.
+    fused_parts: dict[str, tuple[str, ...]] = {
+        "self_attn.qkv_proj": ("q_proj", "k_proj", "v_proj"),
+        "mlp.gate_up_proj": ("gate_proj", "up_proj"),
+    }
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config)
+        self.model = LlamaModel(config, self.layer_class, self.norm_class)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        # Set by init_rope on the real device; fp32, kept out of `.to(dtype)`.
+        # Set by init_rope on the real device; fp32, kept out of `.to(dtype)`. The local one is
+        # the sliding layers' own RoPE (gemma3), else None.
         self.rotary: Rotary | None = None
+        self.local_rotary: Rotary | None = None
+        self.windows = [config.window(i) for i in range(config.num_hidden_layers)]
         self.kv_block_size = 0  # set by bind_kv_cache
 
     @property
@@ -154,6 +192,8 @@ class LlamaForCausalLM(nn.Module):
     def init_rope(self) -> None:
         """Compute the RoPE frequencies on the model's device (after materialising)."""
         self.rotary = Rotary(self.config, self.device)
+        local = self.config.rope_local_theta
+        self.local_rotary = Rotary(self.config, self.device, local) if local is not None else None
 
     def bind_kv_cache(self, cache: KVCache | None) -> None:
         """Point every layer at its K/V block pool (None unbinds)."""
@@ -167,42 +207,42 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """input_ids, positions [T] (flat packed batch) -> final hidden states [T, hidden]."""
         assert self.rotary is not None, "init_rope() first"
-        if attn.is_decode:  # the block index and key mask, once for all layers
-            attn = with_decode_inputs(
-                attn, self.kv_block_size, self.config.sliding_window, self.dtype
-            )
-        cos, sin = self.rotary.cos_sin(positions, self.dtype)  # [T, 1, D] each
-        x = self.model.embed_tokens(input_ids)  # [T, hidden]
+        if attn.is_decode:  # the block index and key masks, once for all layers
+            attn = with_decode_inputs(attn, self.kv_block_size, self.windows, self.dtype)
+        rope = self.rotary.cos_sin(positions, self.dtype)  # cos, sin [T, 1, R] each
+        local = self.local_rotary.cos_sin(positions, self.dtype) if self.local_rotary else rope
+        x = self.embed(input_ids)  # [T, hidden]
         for layer in self.model.layers:
+            cos, sin = local if layer.self_attn.window is not None else rope
             x = layer(x, cos, sin, attn)
         return self.model.norm(x)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [T] -> embeddings [T, hidden]."""
+        return self.model.embed_tokens(input_ids)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] -> logits [N, vocab] in fp32."""
         return self.lm_head(hidden).float()
 
-    def weight_slots(self) -> dict[str, tuple[torch.Tensor, int, int]]:
-        """HF tensor name -> (destination parameter, row offset, rows) for every expected tensor."""
-        slots: dict[str, tuple[torch.Tensor, int, int]] = {}
-        fused = {
-            "self_attn.qkv_proj": ("q_proj", "k_proj", "v_proj"),
-            "mlp.gate_up_proj": ("gate_proj", "up_proj"),
-        }
+    def weight_slots(self) -> dict[str, torch.Tensor]:
+        """HF tensor name -> the parameter (or the slice of it) it loads into, for every expected
+        tensor."""
+        slots: dict[str, torch.Tensor] = {}
         for name, param in self.named_parameters(remove_duplicate=True):
-            module, _, kind = name.rpartition(".")
-            prefix, _, leaf = module.rpartition(".")
-            parent = prefix.rpartition(".")[2]
-            parts = fused.get(f"{parent}.{leaf}")
-            if parts is None:
-                slots[name] = (param, 0, param.shape[0])
-                continue
-            offset = 0
-            sizes = self._fused_sizes(leaf)
-            for part, rows in zip(parts, sizes, strict=True):
-                base = prefix.rpartition(".")[0] + f".{parent}.{part}.{kind}"
-                slots[base] = (param, offset, rows)
-                offset += rows
+            slots.update(self._slots(name, param.data))
         return slots
+
+    def _slots(self, name: str, data: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        """(HF name, destination) pairs of one parameter: itself, or its fused parts' rows."""
+        module, _, kind = name.rpartition(".")  # model.layers.N.self_attn.qkv_proj, weight
+        layer, _, leaf = module.rpartition(".")  # model.layers.N.self_attn, qkv_proj
+        parts = self.fused_parts.get(f"{layer.rpartition('.')[2]}.{leaf}")
+        if parts is None:
+            yield name, data
+            return
+        for part, rows in zip(parts, data.split(self._fused_sizes(leaf)), strict=True):
+            yield f"{layer}.{part}.{kind}", rows
 
     def _fused_sizes(self, leaf: str) -> list[int]:
         c = self.config
@@ -217,15 +257,13 @@ class LlamaForCausalLM(nn.Module):
         missing = set(slots)
         unused: list[str] = []
         for name, tensor in weights:
-            slot = slots.get(name)
-            if slot is None:
+            target = slots.get(name)
+            if target is None:
                 # Tied checkpoints sometimes still carry lm_head; old ones carry RoPE buffers.
                 tied_head = name == "lm_head.weight" and self.config.tie_word_embeddings
                 if not (tied_head or name.endswith("rotary_emb.inv_freq")):
                     unused.append(name)
                 continue
-            param, offset, rows = slot
-            target = param.data.narrow(0, offset, rows)
             if tuple(tensor.shape) != tuple(target.shape):
                 raise ModelLoadFailed(
                     f"tensor {name} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}"

@@ -29,6 +29,9 @@ Qwen3, Llama 3.2 and SmolLM2 all render them where they stand, which is what the
 means). A template that raises on them, or that silently leaves their text out of the prompt, is
 rendered again with every system message merged, in order and joined by a blank line, into one
 system message at the start. They are never dropped or turned into user text.
+
+Templates without a system role (Gemma 2's raises on one): the system text is merged into the
+first user turn, followed by a blank line, which is what Gemma 3's own template does.
 """
 
 from __future__ import annotations
@@ -219,6 +222,19 @@ def _merge_system_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any
     return [merged, *(m for m in messages if m["role"] != "system")]
 
 
+def _system_into_first_user(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The system text prefixed to the first user turn (Gemma's way), or None if there is no
+    system message or no user turn to carry it."""
+    system = [str(m["content"]) for m in messages if m["role"] == "system"]
+    rest = [m for m in messages if m["role"] != "system"]
+    first = next((i for i, m in enumerate(rest) if m["role"] == "user"), None)
+    if not system or first is None:
+        return None
+    prefix = "\n\n".join(system) + "\n\n"
+    rest[first] = {**rest[first], "content": prefix + str(rest[first]["content"])}
+    return rest
+
+
 def _render(template: jinja2.Template, variables: dict[str, Any]) -> str:
     try:
         return template.render(variables)
@@ -250,7 +266,13 @@ def render_chat_template(
     base.update(tools=tools, add_generation_prompt=add_generation_prompt)
     late_system = [m for m in msgs[1:] if m["role"] == "system"]
     if not late_system:
-        return _render(compiled, {**base, "messages": msgs})
+        try:
+            return _render(compiled, {**base, "messages": msgs})
+        except InvalidRequest:
+            merged_into_user = _system_into_first_user(msgs)
+            if merged_into_user is None:
+                raise
+            return _render(compiled, {**base, "messages": merged_into_user})
     merged = {**base, "messages": _merge_system_messages(msgs)}
     try:
         text = _render(compiled, {**base, "messages": msgs})
