@@ -18,8 +18,9 @@ from acp.client.connection import ClientSideConnection
 
 from tests.acp.conftest import KEY, STALLED_TEXT, Fleet, Home
 from tests.acp.editor import ScriptedEditor, agent_env, start_agent
-from tests.anthropic.fake_neuron import MODEL, Reply
 from tests.conftest import free_port
+from tests.support.fake_neuron import QWEN_MODEL as MODEL
+from tests.support.fake_neuron import Reply
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -247,7 +248,7 @@ def test_cancel_stops_a_long_command(fleet, home):
 
 
 def test_cancel_stops_the_model_stream(fleet, home):
-    fleet.neuron.stall = True
+    fleet.neuron.replies.append(Reply(content=STALLED_TEXT, stall=True))
     editor = ScriptedEditor(home.workspace)
 
     async def script(conn: ClientSideConnection, session_id: str) -> tuple[str, float, str]:
@@ -258,7 +259,6 @@ def test_cancel_stops_the_model_stream(fleet, home):
         await conn.cancel(session_id=session_id)
         stop = await turn
         took = time.monotonic() - started
-        fleet.neuron.stall = False
         fleet.neuron.replies.append(Reply(content="Back."))
         return stop, took, await prompt(conn, session_id, "again")
 

@@ -1,7 +1,8 @@
 """The real Claude Code CLI (2.1.197) through the gateway, against a scripted neuron.
 
-The scripted neuron (fake_neuron.py) answers with OpenAI tool calls first, then text, which a
-tiny random model cannot do; the runs against the real neuron are in test_end_to_end.py.
+The scripted neuron (tests/support/fake_neuron.py) answers with OpenAI tool calls first, then
+text, which a tiny random model cannot do; the runs against the real neuron are in
+test_end_to_end.py.
 """
 
 from __future__ import annotations
@@ -9,18 +10,18 @@ from __future__ import annotations
 import pytest
 
 from tests.anthropic.claude_cli import run_claude
-from tests.anthropic.fake_neuron import MODEL, FakeNeuron, Reply
-from tests.anthropic.servers import LoopThread, gateway_config
+from tests.support.fake_neuron import GREETING, Reply, fake_qwen
+from tests.support.fake_neuron import QWEN_MODEL as MODEL
+from tests.support.gateway_app import gateway_thread
 
 KEY = "sk-test-123"
 
 
 @pytest.fixture
 def stack():
-    neuron = FakeNeuron()
-    with LoopThread() as loop:
-        neuron.url = loop.serve(neuron.app())
-        yield neuron, loop.gateway(gateway_config([neuron.url], api_keys=[KEY]))
+    neuron = fake_qwen()
+    with gateway_thread([neuron], api_keys=[KEY]) as url:
+        yield neuron, url
 
 
 def test_plain_turn(claude, stack, tmp_path):
@@ -31,7 +32,7 @@ def test_plain_turn(claude, stack, tmp_path):
     )
     assert code == 0, (result, stderr)
     assert result["is_error"] is False
-    assert result["result"] == "Hi from the fake neuron."
+    assert result["result"] == GREETING
     assert len(neuron.chats) == 1
     sent = neuron.chats[0]
     assert sent["stream"] is True

@@ -1,5 +1,6 @@
 """`/v1/messages` and `/v1/messages/count_tokens` on the real gateway, driven by the official
-`anthropic` SDK, in front of a scripted neuron (fake_neuron.py) that can fail on cue."""
+`anthropic` SDK, in front of a scripted neuron (tests/support/fake_neuron.py) that can
+fail on cue."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import pytest
 
 from cortex.api import translate
 from cortex.config import ModelEntry
-from tests.anthropic.fake_neuron import MAX_CONTEXT, MODEL, TOKEN_COUNT, FakeNeuron, Reply
 from tests.anthropic.golden import CLAUDE_CODE, load_request, sse_events
-from tests.anthropic.servers import LoopThread, gateway_config
+from tests.support.fake_neuron import GREETING, TOKEN_COUNT, Reply, fake_qwen
+from tests.support.fake_neuron import QWEN_CONTEXT as MAX_CONTEXT
+from tests.support.fake_neuron import QWEN_MODEL as MODEL
+from tests.support.gateway_app import gateway_thread
 
 KEY = "sk-test-123"
 USER = [{"role": "user", "content": "say hi"}]
@@ -23,11 +26,9 @@ USER = [{"role": "user", "content": "say hi"}]
 @pytest.fixture(scope="module")
 def setup():
     """One fake neuron behind one gateway (with an API key) for the whole module."""
-    neuron = FakeNeuron()
+    neuron = fake_qwen()
     ghost = ModelEntry(id="ghost-model", neurons=["nowhere"])
-    with LoopThread() as loop:
-        neuron.url = loop.serve(neuron.app())
-        url = loop.gateway(gateway_config([neuron.url], api_keys=[KEY], models=[ghost]))
+    with gateway_thread([neuron], api_keys=[KEY], models=[ghost]) as url:
         yield neuron, url
 
 
@@ -35,8 +36,7 @@ def setup():
 def neuron(setup):
     fake, _ = setup
     fake.replies.clear()
-    fake.chats.clear()
-    fake.tokenized.clear()
+    fake.requests.clear()
     return fake
 
 
@@ -67,7 +67,7 @@ def test_text_message(client, neuron):
         extra_body={"temperature": 0.0, "top_k": 1},
     )
     assert message.content[0].type == "text"
-    assert message.content[0].text == "Hi from the fake neuron."
+    assert message.content[0].text == GREETING
     assert message.stop_reason == "end_turn"
     assert message.usage.input_tokens == 120 and message.usage.output_tokens == 7
     sent = neuron.chats[0]
@@ -80,7 +80,9 @@ def test_text_message(client, neuron):
 
 
 def test_stream_final_message_and_event_order(client, neuron):
-    neuron.replies.append(Reply(content="Streaming works fine.", cached_tokens=100))
+    neuron.replies.append(
+        Reply(content="Streaming works fine.", prompt_tokens=120, cached_tokens=100)
+    )
     with client.messages.stream(model=MODEL, max_tokens=100, messages=USER) as stream:
         events = list(stream)
         final = stream.get_final_message()
@@ -186,7 +188,7 @@ def test_count_tokens_from_the_neuron(client, neuron):
         messages=body["messages"],
         tools=body["tools"],
     )
-    assert neuron.tokenized[0] == translate.to_openai_tokenize({**body, "model": MODEL})
+    assert neuron.bodies("/tokenize")[0] == translate.to_openai_tokenize({**body, "model": MODEL})
     assert counted.input_tokens == TOKEN_COUNT
 
 
@@ -274,10 +276,7 @@ def test_stream_cut_mid_way_ends_with_error_event(setup, neuron):
 
 
 def test_pings_during_a_cold_load():
-    neuron = FakeNeuron(loaded=False, load_delay=2.5)
-    with LoopThread() as loop:
-        neuron.url = loop.serve(neuron.app())
-        url = loop.gateway(gateway_config([neuron.url]))
+    with gateway_thread([fake_qwen(loaded=False, load_delay=2.5)]) as url:
         body = json.dumps({"model": MODEL, "max_tokens": 50, "messages": USER, "stream": True})
         status, _, raw = raw_post(url, "/v1/messages", body.encode(), {})
     assert status == 200

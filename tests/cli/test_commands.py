@@ -55,7 +55,7 @@ def test_status_table(fake_gateway) -> None:
 def test_api_key_from_environment(fake_gateway) -> None:
     result = run_cli("status", "--gateway", fake_gateway.url, env={"CORTEX_API_KEY": "sekrit"})
     assert result.code == 0
-    assert fake_gateway.requests[-1]["auth"] == "Bearer sekrit"
+    assert fake_gateway.requests[-1].auth == "Bearer sekrit"
 
 
 def test_unreachable_gateway_exits_3_naming_the_url(closed_url) -> None:
@@ -143,7 +143,8 @@ def test_probe_neuron_with_chat_template(fake_neuron) -> None:
 
 
 def test_probe_falls_back_to_plain_completion(fake_neuron) -> None:
-    fake_neuron.state.update(chat_template=False, loaded=True)
+    tiny = fake_neuron.models["tiny"]
+    tiny.chat_template, tiny.state = False, "loaded"
     result = run_cli("probe", "--url", fake_neuron.url, "--model", "tiny", "--prompt", "Capital?")
     assert result.code == 0, result.stderr
     assert "plain completion (no chat template)" in result.stdout

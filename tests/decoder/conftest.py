@@ -1,17 +1,5 @@
-"""Decoder tests run torch single-threaded: the tiny models gain nothing from more threads, and
-on a shared, busy machine OpenMP spin-waiting across threads makes them many times slower."""
+"""Decoder tests run torch on one CPU thread (see tests/support/torch_threads.py)."""
 
-from __future__ import annotations
+from tests.support.torch_threads import one_torch_thread
 
-from collections.abc import Iterator
-
-import pytest
-import torch
-
-
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+__all__ = ["one_torch_thread"]  # an autouse fixture: imported here to apply to this area

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from cortex.config import ModelEntry
-from tests.gateway.fakes import FakeModel, FakeNeuron, GiB, fleet, make_config, running
-from tests.gateway.test_proxy import loaded
+from tests.support.fake_neuron import FakeModel, FakeNeuron, GiB, fleet, loaded
+from tests.support.gateway_app import make_config, running
 
 
 def full_neuron() -> FakeNeuron:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from cortex.config import ModelEntry
-from tests.gateway.fakes import FakeModel, FakeNeuron, fleet, make_config, running
-from tests.gateway.test_proxy import loaded, read_events
+from tests.gateway.test_proxy import read_events
+from tests.support.fake_neuron import FakeModel, FakeNeuron, fleet, loaded
+from tests.support.gateway_app import make_config, running
 
 
 async def test_merged_catalogue():

@@ -6,16 +6,11 @@ import asyncio
 import time
 from email.utils import formatdate
 
-import orjson
-
 from cortex.api.sse import SSEParser
 from cortex.config import ModelEntry
 from cortex.gateway.neuron_client import rewrite_loopback
-from tests.gateway.fakes import FakeModel, FakeNeuron, fleet, make_config, running
-
-
-def loaded(*ids: str) -> dict[str, FakeModel]:
-    return {i: FakeModel(i, state="loaded") for i in ids}
+from tests.support.fake_neuron import CHAT, FakeModel, FakeNeuron, Reply, fleet, loaded
+from tests.support.gateway_app import make_config, running
 
 
 async def read_events(response) -> list:
@@ -37,7 +32,7 @@ async def test_non_streaming_body_forwarded_untouched():
             assert body["choices"][0]["message"]["content"] == "hi from a"
             assert r.headers["x-cortex-neuron"] == "a"
             assert float(r.headers["x-cortex-overhead-ms"]) >= 0
-        assert a.bodies == [raw]
+        assert [seen.body for seen in a.seen(CHAT)] == [raw]
 
 
 async def test_alias_is_resolved_in_the_body():
@@ -45,7 +40,7 @@ async def test_alias_is_resolved_in_the_body():
         config = make_config([a], aliases={"short": "org/model-1"})
         async with running(config) as g, await g.chat("short") as r:
             assert r.status == 200
-        assert orjson.loads(a.bodies[0])["model"] == "org/model-1"
+        assert a.chats[0]["model"] == "org/model-1"
 
 
 async def test_stream_relayed_and_usage_chunk_stripped_unless_asked():
@@ -60,7 +55,7 @@ async def test_stream_relayed_and_usage_chunk_stripped_unless_asked():
         text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
         assert text == "tok0 tok1 tok2 "
         # The neuron was asked for usage all the same (token metrics need it).
-        assert orjson.loads(a.bodies[0])["stream_options"] == {"include_usage": True}
+        assert a.chats[0]["stream_options"] == {"include_usage": True}
 
         async with await g.chat("m1", stream=True, stream_options={"include_usage": True}) as r:
             events = await read_events(r)
@@ -89,7 +84,7 @@ async def test_bad_json_is_400():
 
 async def test_neuron_error_is_relayed_with_its_status():
     async with fleet(FakeNeuron("a", loaded("m1"))) as (a,), running(make_config([a])) as g:
-        a.script.status = 400
+        a.script.reply.status = 400
         async with await g.chat("m1") as r:
             assert r.status == 400
             assert (await r.json())["error"]["message"] == "scripted 400"
@@ -109,10 +104,10 @@ async def test_retry_on_another_neuron_before_first_byte():
 async def test_a_neuron_answering_503_is_retried_elsewhere():
     a, b = FakeNeuron("a", loaded("m1")), FakeNeuron("b", loaded("m1"))
     async with fleet(a, b), running(make_config([a, b])) as g:
-        a.script.status = b.script.status = 503
+        a.script.reply.status = b.script.reply.status = 503
         async with await g.chat("m1") as r:
             assert r.status == 503 and "Retry-After" in r.headers
-        b.script.status = None
+        b.script.reply.status = 200
         for _ in range(3):
             async with await g.chat("m1") as r:
                 assert r.status == 200 and r.headers["x-cortex-neuron"] == "b"
@@ -122,16 +117,17 @@ async def test_the_neurons_retry_after_is_passed_on():
     a, b = FakeNeuron("a", loaded("m1")), FakeNeuron("b", loaded("m1"))
     async with fleet(a, b), running(make_config([a, b])) as g:
         for neuron in (a, b):
-            neuron.script.status, neuron.script.retry_after = 429, "7"
+            neuron.script.reply = Reply(status=429, headers={"Retry-After": "7"})
         async with await g.chat("m1") as r:
             assert r.status == 429 and r.headers["Retry-After"] == "7"
         # Every neuron busy: come back when the first of them said it would be free.
-        a.script.status, a.script.retry_after = 503, "12"
-        b.script.status, b.script.retry_after = 503, "3"
+        a.script.reply = Reply(status=503, headers={"Retry-After": "12"})
+        b.script.reply = Reply(status=503, headers={"Retry-After": "3"})
         async with await g.chat("m1") as r:
             assert r.status == 503 and r.headers["Retry-After"] == "3"
         # An HTTP date works too.
-        a.script.retry_after = b.script.retry_after = formatdate(time.time() + 30, usegmt=True)
+        date = formatdate(time.time() + 30, usegmt=True)
+        a.script.reply.headers["Retry-After"] = b.script.reply.headers["Retry-After"] = date
         async with await g.chat("m1") as r:
             assert r.status == 503 and 25 <= int(r.headers["Retry-After"]) <= 30
 
@@ -165,7 +161,7 @@ async def test_neuron_killed_mid_stream_gives_clean_error_and_gateway_goes_on():
     async with fleet(a, b):
         config = make_config([a, b], down_after_failures=2)
         async with running(config) as g:
-            a.script.cut_after = 2
+            a.script.reply.drop = True
             async with await g.chat("m1", stream=True) as r:
                 assert r.status == 200
                 events = await read_events(r)
@@ -181,7 +177,7 @@ async def test_neuron_killed_mid_stream_gives_clean_error_and_gateway_goes_on():
             async with await g.chat("m1") as r:
                 assert r.status == 503
                 assert "Retry-After" in r.headers
-            a.script.cut_after = None
+            a.script.reply.drop = False
             await a.start(port)
             await g.settle(lambda: g.gw.fleet.get("a").up)
             async with await g.chat("m1") as r:
@@ -191,7 +187,7 @@ async def test_neuron_killed_mid_stream_gives_clean_error_and_gateway_goes_on():
 async def test_stalled_stream_hits_the_read_timeout():
     a = FakeNeuron("a", loaded("m1"))
     async with fleet(a), running(make_config([a], stream_read_timeout=0.3)) as g:
-        a.script.stall_after = 1
+        a.script.reply.stall = True
         async with await g.chat("m1", stream=True) as r:
             events = await read_events(r)
         assert "error" in events[-1].json()
@@ -223,7 +219,7 @@ async def test_neuron_token_is_sent():
     async with fleet(a), running(make_config([a])) as g:
         async with await g.chat("m1") as r:
             assert r.status == 200
-        assert set(a.auth_headers) == {"Bearer sekrit"}
+        assert {seen.auth for seen in a.requests} == {"Bearer sekrit"}
 
 
 async def test_allow_list_keeps_a_model_off_other_neurons():

@@ -23,9 +23,9 @@ import pytest
 
 from cortex.config import ModelEntry, NeuronEntry
 from tests.conftest import FIXTURES, ROOT
-from tests.gateway.fakes import make_config, running
 from tests.gateway.test_fleet_api import samples
 from tests.gateway.test_proxy import read_events
+from tests.support.gateway_app import make_config, running
 from tests.support.gateway_proc import start_gateway
 from tests.support.neuron_proc import NeuronProc, start_neuron
 

@@ -7,8 +7,9 @@ import asyncio
 from cortex.config import ModelEntry
 from cortex.gateway.fleet import Neuron
 from cortex.gateway.neuron_client import NeuronClient
-from tests.gateway.fakes import FakeModel, FakeNeuron, GiB, fleet, make_config, running
-from tests.gateway.test_proxy import loaded, read_events
+from tests.gateway.test_proxy import read_events
+from tests.support.fake_neuron import FakeModel, FakeNeuron, GiB, fleet, loaded
+from tests.support.gateway_app import make_config, running
 
 
 async def test_routes_to_the_neuron_that_has_it_loaded():

@@ -1,21 +1,5 @@
-"""GGUF tests run torch on one CPU thread.
+"""GGUF tests run torch on one CPU thread (see tests/support/torch_threads.py)."""
 
-The test machines are small and shared; with two threads every one of the thousands of small
-ops in dequantization and decoding waits for a second core that another process holds, which
-made these tests several times slower. The setting is restored after each module.
-"""
+from tests.support.torch_threads import one_torch_thread
 
-from __future__ import annotations
-
-from collections.abc import Iterator
-
-import pytest
-import torch
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+__all__ = ["one_torch_thread"]  # an autouse fixture: imported here to apply to this area

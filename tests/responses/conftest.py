@@ -1,8 +1,7 @@
-"""Fixtures of the Responses API tests: the scripted fake neuron behind an in-process gateway,
-and the real Codex CLI.
+"""Fixtures of the Responses API tests: the scripted fake neuron (tests/support/fake_neuron.py)
+behind an in-process gateway or a real `cortex serve`, and the real Codex CLI.
 
-The fake neuron is used only here (`fake_stack`, `fake_served`, `FakeNeuron`, `Reply`,
-`FAKE_MODEL`), so that moving it to tests/support changes one import.
+The tests import the fake neuron's names from here (`FakeNeuron`, `Reply`, `FAKE_MODEL`).
 """
 
 from __future__ import annotations
@@ -13,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.anthropic.fake_neuron import MODEL as FAKE_MODEL
-from tests.anthropic.fake_neuron import FakeNeuron, Reply
-from tests.anthropic.servers import LoopThread, gateway_config
 from tests.responses.codex_cli import codex_binary
-from tests.support.gateway_proc import GatewayProc, start_gateway
+from tests.support.fake_neuron import QWEN_MODEL as FAKE_MODEL
+from tests.support.fake_neuron import FakeNeuron, Reply, fake_qwen
+from tests.support.gateway_app import gateway_thread
+from tests.support.gateway_proc import GatewayProc, gateway_proc_for
 from tests.support.npm_cli import NpmUnavailable
 
 __all__ = ["FAKE_MODEL", "KEY", "OTHER_KEY", "FakeNeuron", "FakeStack", "Reply"]
@@ -32,34 +31,22 @@ class FakeStack:
     neuron: FakeNeuron
     url: str
     state_dir: Path
-    loop: LoopThread
 
 
 @pytest.fixture
 def fake_stack(tmp_path: Path) -> Iterator[FakeStack]:
-    neuron = FakeNeuron()
-    with LoopThread() as loop:
-        neuron.url = loop.serve(neuron.app())
-        config = gateway_config([neuron.url], api_keys=[KEY, OTHER_KEY])
-        config.gateway.state_dir = str(tmp_path / "state")
-        yield FakeStack(neuron, loop.gateway(config), tmp_path / "state", loop)
+    neuron, state_dir = fake_qwen(), tmp_path / "state"
+    with gateway_thread([neuron], api_keys=[KEY, OTHER_KEY], state_dir=str(state_dir)) as url:
+        yield FakeStack(neuron, url, state_dir)
 
 
 @pytest.fixture
 def fake_served(tmp_path: Path) -> Iterator[tuple[FakeNeuron, GatewayProc]]:
     """The fake neuron on a loop thread, a real `cortex serve` subprocess in front of it."""
-    neuron = FakeNeuron()
-    with LoopThread() as loop:
-        neuron.url = loop.serve(neuron.app())
-        config = (
-            f'[gateway]\napi_keys = ["{KEY}"]\nstate_dir = "{tmp_path / "state"}"\n'
-            f'[[neurons]]\nname = "fake"\nendpoint = "{neuron.url}"\n'
-        )
-        gateway = start_gateway(config)
-        try:
-            yield neuron, gateway
-        finally:
-            gateway.stop()
+    neuron = fake_qwen()
+    config = f'[gateway]\napi_keys = ["{KEY}"]\nstate_dir = "{tmp_path / "state"}"\n'
+    with gateway_proc_for(neuron, config) as gateway:
+        yield neuron, gateway
 
 
 @pytest.fixture(scope="session")

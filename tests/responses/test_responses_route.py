@@ -48,7 +48,7 @@ def test_codex_request_streams_and_reports_ignored_tools(fake_stack):
     assert answer.status_code == 200, answer.text
     assert answer.headers["Content-Type"].startswith("text/event-stream")
     assert answer.headers["x-cortex-ignored"] == "tools[4] (namespace), tools[8] (web_search)"
-    assert answer.headers["x-cortex-neuron"] == "n0"
+    assert answer.headers["x-cortex-neuron"] == fake_stack.neuron.name
     got = events(answer)
     assert got[-1]["type"] == "response.completed"
     assert got[-1]["response"]["output"][0]["content"][0]["text"] == "Hi from the fake neuron."

@@ -8,20 +8,25 @@
 named by `models_config`); `args` are extra `cortex serve` flags (e.g. `["--neuron", url]`);
 with neither a config nor `--neuron` the gateway runs single-host and starts its own neuron.
 The child's stderr goes to a file (`proc.log()`); a gateway that exits before answering
-`/health` raises with the log's tail.
+`/health` raises with the log's tail. `gateway_proc_for(fake_neuron)` runs one in front of a
+fake neuron.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.conftest import ROOT, free_port
+from tests.support.fake_neuron import FakeNeuron, fleet
+from tests.support.loop_thread import LoopThread
 from tests.support.neuron_proc import healthy, stop_process
 
 START_TIMEOUT = 60.0
@@ -96,3 +101,17 @@ def start_gateway(
     raise RuntimeError(
         f"gateway did not answer /health in {START_TIMEOUT}s:\n{gateway.log()[-4000:]}"
     )
+
+
+@contextlib.contextmanager
+def gateway_proc_for(neuron: FakeNeuron, gateway_toml: str = "") -> Iterator[GatewayProc]:
+    """A fake neuron on a background loop and a real `cortex serve` in front of it, configured
+    with `gateway_toml` (e.g. a `[gateway]` table) and the neuron as its only `[[neurons]]`."""
+    with LoopThread() as loop:
+        loop.enter(fleet(neuron))
+        entry = f'\n[[neurons]]\nname = "{neuron.name}"\nendpoint = "{neuron.url}"\n'
+        gateway = start_gateway(gateway_toml + entry)
+        try:
+            yield gateway
+        finally:
+            gateway.stop()
