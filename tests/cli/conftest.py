@@ -1,7 +1,7 @@
 """Fixtures for the CLI tests: protocol fakes of the gateway and the neuron.
 
 The fake gateway is an aiohttp app that answers the gateway's `/fleet` routes with documented
-shapes (DESIGN.md section 5); the fake neuron is the shared one (tests/support/fake_neuron.py).
+shapes (README: "Using the API"); the fake neuron is the shared one (tests/support/fake_neuron.py).
 They test the CLI's side of the protocol (bodies sent, answers rendered, error paths) without
 models; the tests in `test_real_servers.py` run the same commands against the real gateway and
 neuron.

@@ -1,4 +1,4 @@
-"""Every command has exactly the flags of DESIGN.md section 7 (plus --help)."""
+"""Every command has exactly the flags of the README's CLI section (plus --help)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import typer.main
 
 from cortex.cli import app
 
-DESIGN = {
+FLAGS = {
     "serve": {
         "-c",
         "--config",
@@ -24,9 +24,9 @@ DESIGN = {
     "pin": {"MODEL", "--neuron", "--off", "--gateway", "--json"},
     "probe": {"--url", "--model", "--prompt", "--expect", "--timeout", "--json"},
     "acp": {"--gateway", "--model", "--api-key"},
-    # Not in DESIGN's list: the quickstart's model download.
+    # Beyond the fleet commands: the quickstart's model download.
     "fetch-demo": {"--models-dir", "--wheel", "--json"},
-    # Not in DESIGN's list either: the fleet deploy (README, "Releases and deploys").
+    # And the fleet deploy (README, "Releases and deploys").
     "deploy": {"INVENTORY", "--channel", "--host", "--probe", "--no-probe", "--dry-run"},
 }
 
@@ -44,7 +44,7 @@ def flags(command) -> set[str]:
 def test_flags_match_the_design() -> None:
     root = typer.main.get_command(app)
     assert flags(root) == {"--version"}
-    assert {name: flags(cmd) for name, cmd in root.commands.items()} == DESIGN
+    assert {name: flags(cmd) for name, cmd in root.commands.items()} == FLAGS
 
 
 def test_repeatable_flags() -> None:

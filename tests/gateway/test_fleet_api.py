@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from cortex.config import ModelEntry
 from tests.gateway.test_proxy import read_events
 from tests.support.fake_neuron import FakeModel, FakeNeuron, fleet, loaded
-from tests.support.gateway_app import make_config, running
+from tests.support.gateway_app import make_config, running, samples
 
 
 async def test_merged_catalogue():
@@ -124,14 +122,6 @@ async def test_unknown_route_is_404_in_envelope():
     async with fleet(a), running(make_config([a])) as g, g.http.get(g.url + "/v2/nothing") as r:
         assert r.status == 404
         assert (await r.json())["error"]["code"] == "not_found"
-
-
-def samples(text: str) -> dict[tuple[str, tuple], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 async def test_metrics_after_known_traffic():

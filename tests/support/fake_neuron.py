@@ -1,5 +1,5 @@
 """A scripted neuron for every test area: a real aiohttp server on loopback that speaks the
-neuron's HTTP API (DESIGN.md section 4).
+neuron's HTTP API (README: "Talking to a neuron directly").
 
 It is a fake on purpose: it lets a test force what a real neuron cannot be made to do on cue (a
 load that hangs, a connection cut mid-stream, a refused connection, a stall, an error status, an
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,6 +106,7 @@ class Script:
     chunk_delay: float = 0.0  # after each streamed delta (and before a whole answer)
     refuse: bool = False  # close the connection before any answer
     endpoint_host: str = "localhost"  # what /models/{id}/endpoint says (the gateway rewrites it)
+    spaced_json: bool = False  # write chunks as `{"a": 1, "b": 2}`, as some OpenAI servers do
 
 
 @dataclass
@@ -377,6 +379,8 @@ class _Answer:
         else:
             text = delta.get("content") or ""
             chunk = openai.completion_chunk(self.rid, 0, self.model, 0, text, finish, None, 0, stop)
+        if self.neuron.script.spaced_json:
+            return b"data: " + json.dumps(chunk).encode() + b"\n\n"
         return sse.data(chunk)
 
     async def stream(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:

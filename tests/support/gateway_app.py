@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from cortex.config import CortexConfig, ModelEntry, ModelsConfig
 from cortex.gateway.app import create_app
@@ -45,6 +46,15 @@ def make_config(
         else:
             setattr(config.gateway, key, value)
     return config
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    """Prometheus text as {(sample name, sorted labels): value}."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
 
 
 @dataclass
