@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.request
 
 import anthropic
@@ -16,20 +15,10 @@ import pytest
 from cortex.api import translate
 from tests.anthropic.claude_cli import run_claude
 from tests.anthropic.golden import CLAUDE_CODE, load_request
-from tests.anthropic.tiny_model import REASONING, REPLY, make_replying_model
-from tests.support.gateway_proc import start_gateway
-from tests.support.neuron_proc import start_neuron
+from tests.support.replying_model import CONTEXT, MODEL, REASONING, REPLY, replying_stack
 
-MODEL = "tiny-qwen3"
-CONTEXT = 40960
-LOAD_TIMEOUT_S = 180
 KEY = "sk-e2e"
 pytestmark = pytest.mark.slow
-
-
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return json.loads(response.read())
 
 
 def _post(url: str, body: dict) -> dict:
@@ -42,24 +31,10 @@ def _post(url: str, body: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """(neuron URL, gateway URL): `cortex neuron` with the model preloaded (so no test pays
-    the load) behind `cortex serve` with an API key."""
+    """(neuron URL, gateway URL): the replying model behind `cortex serve` with an API key."""
     models = tmp_path_factory.mktemp("models")
-    make_replying_model(models / MODEL, max_position_embeddings=CONTEXT)
-    neuron = start_neuron(models, ["--preload", MODEL])
-    gateway = None
-    try:
-        deadline = time.monotonic() + LOAD_TIMEOUT_S
-        while _get(neuron.url + "/models")["data"][0]["state"] != "loaded":
-            assert time.monotonic() < deadline, neuron.log()[-3000:]
-            time.sleep(0.2)
-        config = f'[gateway]\napi_keys = ["{KEY}"]\n[[neurons]]\nname = "n1"\nendpoint = "{neuron.url}"\n'
-        gateway = start_gateway(config)
+    with replying_stack(models, f'api_keys = ["{KEY}"]') as (neuron, gateway):
         yield neuron.url, gateway.url
-    finally:
-        if gateway is not None:
-            gateway.stop()
-        neuron.stop()
 
 
 @pytest.fixture

@@ -5,21 +5,14 @@ then "Hello from the tiny model." and EOS; with thinking off only the reply."""
 
 from __future__ import annotations
 
-import json
-import time
 import urllib.request
 
 import openai
 import pytest
 
-from tests.anthropic.tiny_model import REASONING, REPLY, make_replying_model
 from tests.responses.codex_cli import run_codex
-from tests.support.gateway_proc import start_gateway
-from tests.support.neuron_proc import start_neuron
+from tests.support.replying_model import MODEL, REASONING, REPLY, replying_stack
 
-MODEL = "tiny-qwen3"
-CONTEXT = 40960
-LOAD_TIMEOUT_S = 180
 KEY = "sk-e2e"
 OTHER_KEY = "sk-e2e-other"
 pytestmark = pytest.mark.slow
@@ -34,35 +27,15 @@ TOOLS = [
 ]
 
 
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return json.loads(response.read())
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """(gateway process, state dir): `cortex neuron` with the model preloaded behind
-    `cortex serve` with two API keys and its own state dir."""
+    """(gateway process, state dir): the replying model behind `cortex serve` with two API keys
+    and its own state dir."""
     models = tmp_path_factory.mktemp("models")
     state = tmp_path_factory.mktemp("state")
-    make_replying_model(models / MODEL, max_position_embeddings=CONTEXT)
-    neuron = start_neuron(models, ["--preload", MODEL])
-    gateway = None
-    try:
-        deadline = time.monotonic() + LOAD_TIMEOUT_S
-        while _get(neuron.url + "/models")["data"][0]["state"] != "loaded":
-            assert time.monotonic() < deadline, neuron.log()[-3000:]
-            time.sleep(0.2)
-        config = (
-            f'[gateway]\napi_keys = ["{KEY}", "{OTHER_KEY}"]\nstate_dir = "{state}"\n'
-            f'[[neurons]]\nname = "n1"\nendpoint = "{neuron.url}"\n'
-        )
-        gateway = start_gateway(config)
+    section = f'api_keys = ["{KEY}", "{OTHER_KEY}"]\nstate_dir = "{state}"'
+    with replying_stack(models, section) as (_, gateway):
         yield gateway, state
-    finally:
-        if gateway is not None:
-            gateway.stop()
-        neuron.stop()
 
 
 @pytest.fixture
