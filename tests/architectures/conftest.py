@@ -1,3 +1,5 @@
-"""Architecture tests run torch single-threaded, like the decoder tests (see there why)."""
+"""Architecture tests run torch on one CPU thread (see tests/support/torch_threads.py)."""
 
-from tests.decoder.conftest import single_thread  # noqa: F401
+from tests.support.torch_threads import one_torch_thread
+
+__all__ = ["one_torch_thread"]  # an autouse fixture: imported here to apply to this area

@@ -12,13 +12,12 @@ implementation that soft-caps the scores) for comparison.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tests.support.checkpoints import STORIES, TOKENIZER_FILES
+from tests.support.checkpoints import STORIES, save_random
 
 WINDOW = 5
 _COMMON: dict[str, Any] = {
@@ -96,24 +95,13 @@ ARCHS = list(RECIPES)
 def make_checkpoint(arch: str, path: Path, *, seed: int = 0, **overrides: Any) -> Path:
     """Write a tiny random `arch` checkpoint with stories260k's tokenizer to `path`."""
     import transformers
-    from transformers import AutoModelForCausalLM
 
     class_name, extra = RECIPES[arch]
     config = getattr(transformers, class_name)(**{**_COMMON, **extra, **overrides})
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     centre = 0.0 if arch.startswith("gemma") else 1.0  # Gemma norms scale by (1 + weight)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.copy_(centre + 0.1 * torch.randn_like(param))
-            else:
-                param.normal_(0.0, 0.08)
-    model.save_pretrained(path)
-    for name in TOKENIZER_FILES:
-        if (STORIES / name).is_file():
-            shutil.copyfile(STORIES / name, path / name)
-    return path
+    return save_random(
+        config, path, seed=seed, norm_centre=centre, std=0.08, tokenizer_from=STORIES
+    )
 
 
 def hf_reference(path: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:

@@ -77,9 +77,6 @@ def make_tiny_checkpoint(
     embeddings follow that model's config.json. `overrides` go to the config class.
     `max_shard_size` (e.g. "100KB") writes a sharded checkpoint with an index.
     """
-    import torch
-    from transformers import AutoModelForCausalLM
-
     settings = {**_BASE, **_ARCH_EXTRA.get(arch, {})}
     if tokenizer_from is not None:
         real = json.loads((tokenizer_from / "config.json").read_text())
@@ -89,15 +86,34 @@ def make_tiny_checkpoint(
     settings["vocab_size"] = vocab_size or settings.get("vocab_size", 256)
     settings.update(overrides)
     config = _config_class(arch)(**settings)
+    return save_random(
+        config, path, seed=seed, tokenizer_from=tokenizer_from, max_shard_size=max_shard_size
+    )
+
+
+def save_random(
+    config: Any,
+    path: Path,
+    *,
+    seed: int = 0,
+    norm_centre: float = 1.0,
+    std: float = 0.05,
+    tokenizer_from: Path | None = None,
+    max_shard_size: str | None = None,
+) -> Path:
+    """Save a model of transformers `config` with every parameter random (norm weights around
+    `norm_centre`, the rest N(0, std)) to `path`, with `tokenizer_from`'s tokenizer files."""
+    import torch
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name:
-                param.copy_(1.0 + 0.1 * torch.randn_like(param))
+                param.copy_(norm_centre + 0.1 * torch.randn_like(param))
             else:
-                param.normal_(0.0, 0.05)
+                param.normal_(0.0, std)
     path.mkdir(parents=True, exist_ok=True)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(path, **kwargs)
