@@ -161,7 +161,8 @@ class Generation:
     def start(self) -> None:
         """Submit every sequence to the engine (raises the engine's validation errors)."""
         self.metrics.prompt_tokens.labels(self.model.id).inc(self.prompt_tokens)
-        stop_ids = list(self.model.tokenizer.eos_token_ids)
+        # vLLM's ignore_eos: EOS is one more token (the engine then stops at nothing).
+        stop_ids = [] if self.req.ignore_eos else list(self.model.tokenizer.eos_token_ids)
         for seq in self.sequences:
             if seq.fields["max_tokens"] == 0:  # nothing to generate (asked, or no room left)
                 self._queue.put_nowait(self._finish(seq, "length", [self._echo(seq, None)]))
