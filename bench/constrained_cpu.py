@@ -7,7 +7,8 @@ of tokens; then the first-token latency a schema adds by compiling: the llguidan
 (built once per model, on its first constrained request), a schema's first compilation, and a
 schema found in the cache. Decode speed is (tokens - 1) / (time for N tokens - time for 1
 token), so the prefill is left out; each figure is the best of `--repeats` runs, the two decode
-runs alternating so that load on a shared machine hits both alike.
+runs alternating so that load on a shared machine hits both alike. Torch runs as many threads
+as the neuron's CPU worker does (`OMP_NUM_THREADS`, else the usable cores minus one).
 
 Usage: `python bench/constrained_cpu.py [--model PATH.gguf] [--tokens 64] [--repeats 3]`.
 Without `--model`, the file is fetched once into ~/.cache/cortex-tests (tests/support/smollm2.py).
@@ -46,12 +47,14 @@ def main() -> None:
     from cortex.neuron.models.loading import load_model
     from cortex.neuron.offline import LLM
     from cortex.neuron.text.gguf_tokenizer import tokenizer_from_gguf
+    from cortex.neuron.engine.worker import cpu_threads
     from cortex.neuron.text.grammar import compiler_for, request_grammar
 
     if args.model is None:
         from tests.support.smollm2 import smollm2_gguf
 
         args.model = smollm2_gguf()
+    torch.set_num_threads(cpu_threads())  # as the neuron's CPU worker runs
     print(f"torch threads: {torch.get_num_threads()}, load average: {os.getloadavg()[0]:.1f}")
     tokenizer = tokenizer_from_gguf(args.model)
     llm = LLM(model=load_model(args.model, torch.device("cpu"), None))
