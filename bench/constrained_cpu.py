@@ -44,10 +44,10 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from cortex.api.openai import parse_chat
     from cortex.neuron.engine.sampling import SamplingParams
+    from cortex.neuron.engine.worker import cpu_threads
     from cortex.neuron.models.loading import load_model
     from cortex.neuron.offline import LLM
     from cortex.neuron.text.gguf_tokenizer import tokenizer_from_gguf
-    from cortex.neuron.engine.worker import cpu_threads
     from cortex.neuron.text.grammar import compiler_for, request_grammar
 
     if args.model is None:
