@@ -19,7 +19,10 @@ INT_MAX = 2**31 - 1  # counts and token ids: what an int32 tensor holds
 # torch.Generator.manual_seed accepts (up to 2**64 - 1).
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 MAX_N = 16
+MAX_CHOICES = 64  # a legacy completion's prompts times n: the sequences one request runs
 MAX_TOP_LOGPROBS = 20
+MAX_LOGIT_BIAS_ENTRIES = 1024  # a sparse bias: beyond this, a mask belongs in a grammar
+LOGIT_BIAS = 100.0  # OpenAI's range: a bias is in [-100, 100]
 
 
 class Bound(NamedTuple):
@@ -33,9 +36,11 @@ class Bound(NamedTuple):
 
 
 BOUNDS: dict[str, Bound] = {
-    "max_tokens": Bound(1, INT_MAX, integer=True),
+    # 0 is OpenAI's minimum: with `echo` and `logprobs` it scores the prompt alone.
+    "max_tokens": Bound(0, INT_MAX, integer=True),
+    "min_tokens": Bound(0, INT_MAX, integer=True),
     "temperature": Bound(0.0, math.inf),
-    "top_p": Bound(0.0, 1.0, open_low=True),
+    "top_p": Bound(0.0, 1.0),  # 0 keeps only the most likely token: greedy
     "top_k": Bound(-1, INT_MAX, integer=True),
     "min_p": Bound(0.0, 1.0),
     "presence_penalty": Bound(-2.0, 2.0),
@@ -77,6 +82,25 @@ def check_sampling(values: Mapping[str, Any]) -> None:
     for key, value in values.items():
         if key in BOUNDS and value is not None:
             bounded(value, key)
+
+
+def logit_bias(value: Any, key: str = "logit_bias") -> dict[int, float]:
+    """OpenAI's `logit_bias` (token id, as a JSON object key, -> bias in [-100, 100]) as
+    {id: bias}; 400 naming `key` for a bad id, a bad bias or too many entries."""
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"'{key}' must be an object of token id -> bias", param=key)
+    if len(value) > MAX_LOGIT_BIAS_ENTRIES:
+        raise InvalidRequest(f"'{key}' takes at most {MAX_LOGIT_BIAS_ENTRIES} entries", param=key)
+    out: dict[int, float] = {}
+    for token, bias in value.items():
+        token_id = int(token) if isinstance(token, str) and token.isdigit() else token
+        if not is_token(token_id):
+            raise InvalidRequest(f"'{key}': {token!r} is not a token id", param=key)
+        bias = number(bias, key)
+        if not -LOGIT_BIAS <= bias <= LOGIT_BIAS:
+            raise InvalidRequest(f"'{key}': a bias must be in [-100, 100]", param=key)
+        out[token_id] = bias
+    return out
 
 
 def token_ids(value: Any, key: str) -> list[int]:

@@ -3,6 +3,9 @@
 The builders shape answers and stream chunks as OpenAI's OpenAPI document has them: `logprobs`
 present (null unless asked), `refusal` null, `finish_reason` one of stop/length/tool_calls,
 `usage.prompt_tokens_details.cached_tokens`, reasoning as `reasoning_content` (vLLM's name).
+`system_fingerprint` is a string (the spec's type): "fp_cortex", the serving stack. Legacy
+completion stream chunks carry no `usage` key until the usage chunk (the spec's type is an
+object, never null); chat chunks carry `usage: null` with `include_usage`, as OpenAI's do.
 Like vLLM, each choice of an answer, and of the stream chunk that carries its `finish_reason`,
 also has `stop_reason`: the stop string that matched, the `stop_token_ids` entry that ended it,
 or null (EOS, length). The Anthropic translation reads it to answer `stop_sequence`.
@@ -24,6 +27,7 @@ from cortex.api.openai_request import (
 
 __all__ = [
     "PROMPT_TOKENS_HEADER",
+    "SYSTEM_FINGERPRINT",
     "ChoiceResult",
     "GenerationRequest",
     "chat_chunk",
@@ -45,6 +49,7 @@ __all__ = [
 # A neuron's stream answer carries the prompt's token count in this header (see
 # cortex/neuron/server/openai_routes.py): chunks have no place for it before the final usage.
 PROMPT_TOKENS_HEADER = "x-cortex-prompt-tokens"
+SYSTEM_FINGERPRINT = "fp_cortex"
 
 
 def new_id(kind: str) -> str:
@@ -80,15 +85,18 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dic
     }
 
 
-def logprob_entry(token: str, logprob: float, top: list[tuple[str, float]]) -> dict[str, Any]:
-    """One chat `logprobs.content[]` entry (with `bytes` and `top_logprobs`)."""
+def logprob_entry(
+    token: str, logprob: float | None, top: list[tuple[str, float]] | None
+) -> dict[str, Any]:
+    """One chat `logprobs.content[]` entry (with `bytes` and `top_logprobs`); an echoed
+    prompt's first token has no logprob and no alternatives (None)."""
     return {
         "token": token,
         "logprob": logprob,
         "bytes": list(token.encode("utf-8")),
-        "top_logprobs": [
-            {"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))} for t, lp in top
-        ],
+        "top_logprobs": None
+        if top is None
+        else [{"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))} for t, lp in top],
     }
 
 
@@ -108,7 +116,12 @@ def completion_logprobs(entries: list[dict[str, Any]] | None, offset: int = 0) -
     return {
         "tokens": [e["token"] for e in entries],
         "token_logprobs": [e["logprob"] for e in entries],
-        "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+        "top_logprobs": [
+            None
+            if e["top_logprobs"] is None
+            else {t["token"]: t["logprob"] for t in e["top_logprobs"]}
+            for e in entries
+        ],
         "text_offset": offsets,
     }
 
@@ -155,7 +168,13 @@ def chat_response(
         for c in choices
     ]
     return _envelope(
-        rid, "chat.completion", created, model, items, usage=use, system_fingerprint=None
+        rid,
+        "chat.completion",
+        created,
+        model,
+        items,
+        usage=use,
+        system_fingerprint=SYSTEM_FINGERPRINT,
     )
 
 
@@ -174,7 +193,13 @@ def completion_response(
         for c in choices
     ]
     return _envelope(
-        rid, "text_completion", created, model, items, usage=use, system_fingerprint=None
+        rid,
+        "text_completion",
+        created,
+        model,
+        items,
+        usage=use,
+        system_fingerprint=SYSTEM_FINGERPRINT,
     )
 
 

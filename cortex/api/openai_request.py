@@ -8,13 +8,23 @@ clamps `max_tokens` to the room left in the context (a prompt over the context r
 
 Decisions where OpenAI is silent or we cannot follow it exactly:
 - `developer` messages are passed to chat templates as `system`.
-- `tool_choice: "none"` hides the tools from the template and turns tool-call parsing off;
-  `"required"` and a named function are treated as `"auto"` (no constrained decoding).
-- `response_format` `json_object` and `json_schema` both mean "the answer parses as JSON" (the
-  schema itself is not enforced; see cortex/neuron/text/json_mode.py).
-- A legacy completion takes one prompt (a string or a list of token ids); batches are refused.
-- vLLM's `stop_token_ids` extension is honoured; which stop string or stop token ended an answer
-  is reported as vLLM does, in the choice's `stop_reason` (see cortex/api/openai.py).
+- `tool_choice: "none"` hides the tools from the template and turns tool-call parsing off.
+  `"required"` and a named function are enforced by constrained decoding (the answer is tool
+  calls in the model's own format, arguments valid against the tool's `parameters`): a named
+  function is called exactly once; `"required"` makes one call, or one or more while
+  `parallel_tool_calls` is not false. Under `"auto"`, tools with `strict: true` get arguments
+  valid against their schema once the model opens a call (see cortex/neuron/text/grammar.py).
+- `response_format` `json_schema` is enforced whether or not `strict` is set (as vLLM does): a
+  schema is a contract the caller wants kept; `json_object` is the schema `{"type": "object"}`.
+  A constrained request cannot take `ignore_eos` (the grammar ends the answer).
+- `top_p: 0` keeps only the most likely token: it is greedy decoding.
+- A legacy completion takes one prompt or a batch (a list of strings or of token-id lists):
+  choice `i * n + j` is the j-th answer to prompt i, as in OpenAI and vLLM. `max_tokens: 0`
+  generates nothing; with `echo` the prompt comes back, with `logprobs` its tokens' logprobs
+  (the first one null: nothing precedes it).
+- vLLM's extensions `stop_token_ids`, `ignore_eos` and `min_tokens` are honoured; which stop
+  string or stop token ended an answer is reported as vLLM does, in the choice's `stop_reason`
+  (see cortex/api/openai.py).
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from cortex.api.limits import bounded, is_token, number, token_ids
+from cortex.api.limits import MAX_CHOICES, bounded, is_token, logit_bias, number, token_ids
 from cortex.errors import ContextLengthExceeded, InvalidRequest
 
 BUILTIN_SAMPLING: dict[str, float | int] = {
@@ -46,7 +56,8 @@ class GenerationRequest:
     kind: str  # "chat" | "completion"
     model: str
     messages: list[dict[str, Any]] | None = None
-    prompt: str | list[int] | None = None
+    prompts: list[str | list[int]] = field(default_factory=list)  # completions: one or a batch
+    echo: bool = False
     tools: list[dict[str, Any]] | None = None
     parse_tools: bool = False
     template_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -60,7 +71,32 @@ class GenerationRequest:
     stop_token_ids: list[int] = field(default_factory=list)
     logprobs: bool = False
     top_logprobs: int = 0
-    json_mode: bool = False
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    # Constrained decoding: the JSON schema of `response_format`, and how tools must be called.
+    response_schema: dict[str, Any] | None = None
+    tool_choice: str = "auto"  # "auto" | "none" | "required" | "function"
+    tool_name: str | None = None  # with tool_choice "function"
+    parallel_tool_calls: bool = True
+
+    @property
+    def prompt(self) -> str | list[int] | None:
+        """The first (or only) prompt of a legacy completion."""
+        return self.prompts[0] if self.prompts else None
+
+    @property
+    def strict_tools(self) -> bool:
+        """Some tool asks for schema-valid arguments (`function.strict: true`)."""
+        return any(t["function"].get("strict") is True for t in self.tools or [])
+
+    @property
+    def constrained(self) -> bool:
+        """The answer is held to a grammar (a schema, a forced tool call or strict tools)."""
+        forced = self.tool_choice in ("required", "function")
+        return self.response_schema is not None or (
+            self.parse_tools and (forced or self.strict_tools)
+        )
 
 
 def _fail(message: str, param: str) -> InvalidRequest:
@@ -111,7 +147,13 @@ def _common(body: Any, kind: str) -> GenerationRequest:
     req.n = _bounded(body, "n") or 1
     req.stop = _stop(body.get("stop"))
     req.stop_token_ids = _stop_token_ids(body.get("stop_token_ids"))
-    req.json_mode = _response_format(body.get("response_format"))
+    req.response_schema = _response_format(body.get("response_format"))
+    if body.get("logit_bias") is not None:
+        req.logit_bias = logit_bias(body["logit_bias"])
+    req.min_tokens = _bounded(body, "min_tokens") or 0
+    req.ignore_eos = _flag(body, "ignore_eos")
+    if req.ignore_eos and req.response_schema is not None:
+        raise _fail("'ignore_eos' cannot be used with 'response_format'", "ignore_eos")
     return req
 
 
@@ -130,16 +172,27 @@ def _stop_token_ids(value: Any) -> list[int]:
     return [] if value is None else token_ids(value, "stop_token_ids")
 
 
-def _response_format(value: Any) -> bool:
+def _response_format(value: Any) -> dict[str, Any] | None:
+    """The JSON schema `response_format` asks for (None for text)."""
     if value is None:
-        return False
+        return None
     kind = value.get("type") if isinstance(value, dict) else None
     if kind not in ("text", "json_object", "json_schema"):
         raise _fail(
             "'response_format.type' must be 'text', 'json_object' or 'json_schema'",
             "response_format",
         )
-    return kind != "text"
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict):
+        raise _fail("'response_format.json_schema' must be an object", "response_format")
+    schema = spec.get("schema", {"type": "object"})
+    if not isinstance(schema, dict):
+        raise _fail("'response_format.json_schema.schema' must be an object", "response_format")
+    return schema
 
 
 def parse_chat(body: Any) -> GenerationRequest:
@@ -149,16 +202,14 @@ def parse_chat(body: Any) -> GenerationRequest:
     tools = body.get("tools")
     if tools is not None and (not isinstance(tools, list) or not all(_is_tool(t) for t in tools)):
         raise _fail("'tools' must be a list of {type: function, function: {name}}", "tools")
-    choice = body.get("tool_choice")
-    if (
-        choice is not None
-        and choice not in ("none", "auto", "required")
-        and not (isinstance(choice, dict) and isinstance(choice.get("function"), dict))
-    ):
-        raise _fail("'tool_choice' must be none, auto, required or a function", "tool_choice")
-    if tools and choice != "none":
+    _tool_choice(req, body.get("tool_choice"), tools or [])
+    if tools and req.tool_choice != "none":
         req.tools = tools
         req.parse_tools = True
+    if body.get("parallel_tool_calls") is not None:
+        req.parallel_tool_calls = _flag(body, "parallel_tool_calls")
+    if req.ignore_eos and req.constrained:
+        raise _fail("'ignore_eos' cannot be used with a forced or strict tool call", "ignore_eos")
     kwargs = body.get("chat_template_kwargs")
     if kwargs is not None and not isinstance(kwargs, dict):
         raise _fail("'chat_template_kwargs' must be an object", "chat_template_kwargs")
@@ -170,6 +221,21 @@ def parse_chat(body: Any) -> GenerationRequest:
             raise _fail("'top_logprobs' needs 'logprobs': true", "top_logprobs")
         req.top_logprobs = top
     return req
+
+
+def _tool_choice(req: GenerationRequest, choice: Any, tools: list[dict[str, Any]]) -> None:
+    """Set `req.tool_choice` (and `tool_name`); a forced call needs a tool to call."""
+    if choice is None or choice in ("none", "auto", "required"):
+        req.tool_choice = choice or "auto"
+    elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        name = choice["function"].get("name")
+        if name not in {t["function"]["name"] for t in tools}:
+            raise _fail(f"'tool_choice' names {name!r}, which is not in 'tools'", "tool_choice")
+        req.tool_choice, req.tool_name = "function", name
+    else:
+        raise _fail("'tool_choice' must be none, auto, required or a function", "tool_choice")
+    if req.tool_choice == "required" and not tools:
+        raise _fail("'tool_choice' 'required' needs 'tools'", "tool_choice")
 
 
 def _is_tool(tool: Any) -> bool:
@@ -204,15 +270,10 @@ def _messages(value: Any) -> list[dict[str, Any]]:
 def parse_completion(body: Any) -> GenerationRequest:
     """Validate a legacy `/v1/completions` body."""
     req = _common(body, "completion")
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
-        prompt = prompt[0]
-    if isinstance(prompt, list) and prompt and all(is_token(t) for t in prompt):
-        req.prompt = [int(t) for t in prompt]
-    elif isinstance(prompt, str):
-        req.prompt = prompt
-    else:
-        raise _fail("'prompt' must be a string or a list of token ids (one prompt)", "prompt")
+    req.prompts = _prompts(body.get("prompt"))
+    if len(req.prompts) * req.n > MAX_CHOICES:
+        raise _fail(f"prompts times 'n' must be at most {MAX_CHOICES}", "prompt")
+    req.echo = _flag(body, "echo")
     logprobs = body.get("logprobs")
     if logprobs is not None:
         logprobs = number(logprobs, "logprobs", integer=True)
@@ -220,6 +281,24 @@ def parse_completion(body: Any) -> GenerationRequest:
             raise _fail("'logprobs' must be between 0 and 5", "logprobs")
         req.logprobs, req.top_logprobs = True, int(logprobs)
     return req
+
+
+def _prompts(value: Any) -> list[str | list[int]]:
+    """One prompt (a string, token ids) or a batch (a list of strings or of token-id lists)."""
+    batch = (
+        value if isinstance(value, list) and value and isinstance(value[0], str | list) else [value]
+    )
+    prompts: list[str | list[int]] = []
+    for prompt in batch:
+        if isinstance(prompt, list) and prompt and all(is_token(t) for t in prompt):
+            prompts.append([int(t) for t in prompt])
+        elif isinstance(prompt, str):
+            prompts.append(prompt)
+        else:
+            raise _fail(
+                "'prompt' must be a string, a list of token ids, or a list of either", "prompt"
+            )
+    return prompts
 
 
 def resolve_sampling(
@@ -234,7 +313,9 @@ def resolve_sampling(
     if prompt_tokens > max_context:
         raise ContextLengthExceeded(prompt_tokens, max_context)
     room = max_context - prompt_tokens
-    wanted = req.max_tokens or defaults.get("max_tokens") or room
+    wanted = req.max_tokens
+    if wanted is None:
+        wanted = defaults.get("max_tokens") or room
     fields: dict[str, Any] = {"max_tokens": max(0, min(int(wanted), room))}
     greedy_default = defaults.get("do_sample") is False
     for key, builtin in BUILTIN_SAMPLING.items():
@@ -247,5 +328,8 @@ def resolve_sampling(
         stop=list(req.stop),
         logprobs=req.logprobs,
         top_logprobs=req.top_logprobs,
+        logit_bias=dict(req.logit_bias),
+        min_tokens=req.min_tokens,
+        ignore_eos=req.ignore_eos,
     )
     return fields

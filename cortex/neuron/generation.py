@@ -2,15 +2,22 @@
 
 `n` > 1 runs as n engine requests over the same prompt (the prefix cache shares its blocks); a
 seeded request gives sequence i the seed `seed + i`, so the n answers differ but each is
-reproducible. Each sequence's tokens go through a `TextStream` (detokenize, stop strings,
-reasoning split, tool calls) and, in JSON mode, a `JsonGuard`. `Generation.events()` merges
-the sequences into one stream of `Piece`s and yields None after each half second of silence
-(the caller sends an SSE comment or checks that the client is still there).
+reproducible. A legacy completion with a batch of prompts runs n sequences per prompt; choice
+`p * n + i` is answer i to prompt p. Each sequence's tokens go through a `TextStream`
+(detokenize, stop strings, reasoning split, tool calls). A constrained request (grammar.py) gives
+each sequence its own copy of the compiled grammar, which the engine's sampler enforces.
+`Generation.events()` merges the sequences into one stream of `Piece`s and yields None after
+each half second of silence (the caller sends an SSE comment or checks that the client is still
+there).
 
-A stop string, a stop token (`stop_token_ids`: the engine stops only at EOS and drops that id
-from its output, so the text pipeline watches for these) or a finished JSON object cancels that
-sequence in the engine at once (its KV blocks are freed at the next step); so does `cancel()`
-for a client that went away.
+A stop string or a stop token (`stop_token_ids`: the engine stops only at EOS and drops that id
+from its output, so the text pipeline watches for these) cancels that sequence in the engine at
+once (its KV blocks are freed at the next step); so does `cancel()` for a client that went away.
+
+`echo` (legacy completions): the prompt's text comes first in the answer, in the first piece,
+with its tokens' logprobs when `logprobs` is asked (the first token's logprob is null: nothing
+precedes it). `max_tokens: 0` generates nothing; with `echo` and `logprobs` the engine still
+prefills the prompt to score it, and the one token it samples is dropped.
 """
 
 from __future__ import annotations
@@ -35,9 +42,8 @@ from cortex.neuron.engine.request import RequestHandle
 from cortex.neuron.engine.sampling import SamplingParams
 from cortex.neuron.manager import LoadedModel
 from cortex.neuron.metrics import NeuronMetrics
-from cortex.neuron.text.json_mode import JsonGuard
+from cortex.neuron.text.grammar import CompiledGrammar
 from cortex.neuron.text.parsers import Delta
-from cortex.neuron.text.prompts import JSON_PREFIX
 from cortex.neuron.text.textstream import TextStream
 
 HEARTBEAT_SECONDS = 0.5  # well under the one-second promise, whatever the jitter
@@ -65,9 +71,12 @@ class Piece:
 @dataclass
 class _Sequence:
     index: int
+    prompt: list[int]
+    fields: dict[str, Any]  # SamplingParams keyword arguments
     stream: TextStream
-    guard: JsonGuard | None
     result: ChoiceResult
+    echo: str | None = None  # prompt text still to send first (legacy `echo`)
+    score_only: bool = False  # max_tokens 0 with echo and logprobs: sampled tokens dropped
     handle: RequestHandle | None = None
     tokens: int = 0
 
@@ -87,37 +96,57 @@ class Generation:
         self,
         model: LoadedModel,
         req: GenerationRequest,
-        prompt_ids: list[int],
+        prompts: list[list[int]],
         metrics: NeuronMetrics,
+        grammar: CompiledGrammar | None = None,
     ) -> None:
+        """`prompts`: the token ids of each prompt (one for chat); `grammar`: the compiled
+        grammar of a constrained request."""
         self.model = model
         self.req = req
-        self.prompt_ids = prompt_ids
+        self.prompts = prompts
         self.metrics = metrics
-        self.fields = resolve_sampling(req, model.defaults, len(prompt_ids), model.max_context)
+        self.grammar = grammar
         self.started = time.perf_counter()
         self.first_token_at: float | None = None
         self.cached_tokens = 0
-        self.sequences = [self._sequence(i) for i in range(req.n)]
+        self.sequences = [
+            self._sequence(p * req.n + i, prompt, i)
+            for p, prompt in enumerate(prompts)
+            for i in range(req.n)
+        ]
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._token_text: dict[int, str] = {}
 
-    def _sequence(self, index: int) -> _Sequence:
-        tokenizer = self.model.tokenizer
+    def _sequence(self, index: int, prompt: list[int], sample: int) -> _Sequence:
+        """Sequence `index`, answer number `sample` to `prompt`."""
+        req, tokenizer = self.req, self.model.tokenizer
+        fields = resolve_sampling(req, self.model.defaults, len(prompt), self.model.max_context)
+        fields["seed"] = sequence_seed(fields["seed"], sample)
         stream = TextStream(
             tokenizer,
-            self.prompt_ids,
-            stop=self.fields["stop"],
-            stop_token_ids=self.req.stop_token_ids,
-            reasoning=None if self.req.kind == "chat" else False,
-            tools=self.req.parse_tools,
+            prompt,
+            stop=fields["stop"],
+            stop_token_ids=req.stop_token_ids,
+            reasoning=None if req.kind == "chat" else False,
+            tools=req.parse_tools,
         )
-        guard = JsonGuard() if self.req.json_mode else None
-        result = ChoiceResult(index=index, logprobs=[] if self.req.logprobs else None)
-        if guard is not None:
-            result.content = JSON_PREFIX
-        return _Sequence(index, stream, guard, result)
+        result = ChoiceResult(index=index, logprobs=[] if req.logprobs else None)
+        seq = _Sequence(index, prompt, fields, stream, result)
+        if req.echo:
+            original = req.prompts[index // req.n]
+            seq.echo = original if isinstance(original, str) else tokenizer.decode(prompt)
+            fields["prompt_logprobs"] = req.logprobs
+            if fields["max_tokens"] == 0 and req.logprobs:
+                # Scoring: prefill the prompt for its logprobs; the sampled token is dropped.
+                seq.score_only, fields["max_tokens"] = True, 1
+        return seq
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Prompt tokens over every prompt (each counted once, whatever `n`)."""
+        return sum(len(p) for p in self.prompts)
 
     @property
     def completion_tokens(self) -> int:
@@ -131,18 +160,21 @@ class Generation:
 
     def start(self) -> None:
         """Submit every sequence to the engine (raises the engine's validation errors)."""
-        self.metrics.prompt_tokens.labels(self.model.id).inc(len(self.prompt_ids))
-        stop_ids = list(self.model.tokenizer.eos_token_ids)
+        self.metrics.prompt_tokens.labels(self.model.id).inc(self.prompt_tokens)
+        # vLLM's ignore_eos: EOS is one more token (the engine then stops at nothing).
+        stop_ids = [] if self.req.ignore_eos else list(self.model.tokenizer.eos_token_ids)
         for seq in self.sequences:
-            if self.fields["max_tokens"] == 0:  # the prompt fills the context exactly
-                self._queue.put_nowait(self._finish(seq, "length", []))
+            if seq.fields["max_tokens"] == 0:  # nothing to generate (asked, or no room left)
+                self._queue.put_nowait(self._finish(seq, "length", [self._echo(seq, None)]))
                 self._queue.put_nowait(_SEQ_END)
                 continue
             params = SamplingParams(
-                **{**self.fields, "seed": sequence_seed(self.fields["seed"], seq.index)},
+                **seq.fields,
                 stop_token_ids=stop_ids,
+                soft_stop_token_ids=list(self.req.stop_token_ids),
+                constraint=None if self.grammar is None else self.grammar.constraint(),
             )
-            seq.handle = self.model.worker.submit(self.model.id, self.prompt_ids, params)
+            seq.handle = self.model.worker.submit(self.model.id, seq.prompt, params)
             self.model.handles.add(seq.handle)
             self._tasks.append(asyncio.create_task(self._pump(seq)))
 
@@ -180,10 +212,12 @@ class Generation:
                     self.metrics.ttft.labels(self.model.id).observe(self.ttft or 0.0)
                 if seq.index == 0 and out.prompt_tokens:
                     self.cached_tokens = out.cached_tokens
+                if seq.score_only:
+                    out = StepOutput([], "length", prompt_logprobs=out.prompt_logprobs)
                 seq.tokens += len(out.token_ids)
                 self.metrics.generation_tokens.labels(self.model.id).inc(len(out.token_ids))
                 piece = self._on_tokens(seq, out)
-                if out.finish_reason is None and not self._should_stop(seq):
+                if out.finish_reason is None and not seq.stream.stopped:
                     self._queue.put_nowait(piece)
                     continue
                 seq.handle.cancel()  # a no-op when the engine finished it
@@ -200,16 +234,28 @@ class Generation:
             self.model.handles.discard(seq.handle)
             self._queue.put_nowait(_SEQ_END)
 
-    def _should_stop(self, seq: _Sequence) -> bool:
-        return seq.stream.stopped or (seq.guard is not None and seq.guard.finished)
-
     def _on_tokens(self, seq: _Sequence, out: StepOutput) -> Piece:
-        piece = Piece(seq.index)
+        piece = self._echo(seq, out)
         if self.req.logprobs:
-            piece.logprobs = self._logprobs(out)
+            entries = self._logprobs(out)
+            piece.logprobs = (piece.logprobs or []) + entries
+            if seq.result.logprobs is not None:
+                seq.result.logprobs.extend(entries)
+        self._apply(seq, piece, seq.stream.push(out.token_ids))
+        return piece
+
+    def _echo(self, seq: _Sequence, out: StepOutput | None) -> Piece:
+        """A piece holding the echoed prompt (and its logprobs) if not sent yet, else empty."""
+        piece = Piece(seq.index)
+        if seq.echo is None:
+            return piece
+        piece.content, seq.echo = seq.echo, None
+        seq.result.content += piece.content
+        if self.req.logprobs:
+            scored = out.prompt_logprobs if out is not None else None
+            piece.logprobs = self._prompt_logprobs(seq.prompt, scored or [])
             if seq.result.logprobs is not None:
                 seq.result.logprobs.extend(piece.logprobs)
-        self._apply(seq, piece, seq.stream.push(out.token_ids))
         return piece
 
     def _finish(self, seq: _Sequence, reason: str, pieces: list[Piece]) -> Piece:
@@ -222,10 +268,6 @@ class Generation:
             if piece.logprobs is not None:
                 final.logprobs = (final.logprobs or []) + piece.logprobs
         self._apply(seq, final, seq.stream.finish(reason))
-        if seq.guard is not None:
-            tail = seq.guard.closing()
-            final.content += tail
-            seq.result.content += tail
         # The stream already assembled the calls and turned "stop" into "tool_calls" for them.
         seq.result.tool_calls = seq.stream.result().tool_calls
         final.finish_reason = seq.result.finish_reason = seq.stream.finish_reason
@@ -244,16 +286,23 @@ class Generation:
                     tool_call_delta(delta.index, delta.id, delta.name, delta.arguments or "")
                 )
             else:
-                text = delta.text
-                if seq.guard is not None:
-                    text = seq.guard.feed(text)
-                piece.content += text
-                result.content += text
+                piece.content += delta.text
+                result.content += delta.text
 
     def _logprobs(self, out: StepOutput) -> list[dict[str, Any]]:
         entries = []
         tops = out.top_logprobs or [[] for _ in out.token_ids]
         for tid, lp, top in zip(out.token_ids, out.logprobs or [], tops, strict=False):
+            alternatives = [(self._text(t), float(v)) for t, v in top[: self.req.top_logprobs]]
+            entries.append(logprob_entry(self._text(tid), float(lp), alternatives))
+        return entries
+
+    def _prompt_logprobs(
+        self, prompt: list[int], scored: list[tuple[float, list[tuple[int, float]]]]
+    ) -> list[dict[str, Any]]:
+        """Logprob entries of the prompt's tokens: the first has none, the rest `scored`."""
+        entries = [logprob_entry(self._text(prompt[0]), None, None)]
+        for tid, (lp, top) in zip(prompt[1:], scored, strict=False):
             alternatives = [(self._text(t), float(v)) for t, v in top[: self.req.top_logprobs]]
             entries.append(logprob_entry(self._text(tid), float(lp), alternatives))
         return entries

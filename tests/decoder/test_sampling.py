@@ -112,11 +112,13 @@ def test_logprobs_are_raw_model_logprobs() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("top_p", 0.0),
+        ("top_p", 1.5),
         ("seed", 2**64),
         ("top_k", 2**40),
         ("temperature", float("inf")),
-        ("max_tokens", 0),
+        ("max_tokens", -1),
+        ("min_tokens", -1),
+        ("logit_bias", {5: 200.0}),
         ("stop_token_ids", [2**40]),
     ],
 )

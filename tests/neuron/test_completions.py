@@ -126,9 +126,12 @@ BAD_CHAT = [
     {"model": "tiny/qwen3", "messages": [{"content": "no role"}]},
     {"model": "tiny/qwen3", "messages": [{"role": "user", "content": 5}]},
     {"model": "tiny/qwen3", "messages": HELLO, "max_tokens": "ten"},
-    {"model": "tiny/qwen3", "messages": HELLO, "max_tokens": 0},
+    {"model": "tiny/qwen3", "messages": HELLO, "max_tokens": -1},
     {"model": "tiny/qwen3", "messages": HELLO, "temperature": -1},
-    {"model": "tiny/qwen3", "messages": HELLO, "top_p": 0},
+    {"model": "tiny/qwen3", "messages": HELLO, "top_p": 1.5},
+    {"model": "tiny/qwen3", "messages": HELLO, "logit_bias": {"5": 101}},
+    {"model": "tiny/qwen3", "messages": HELLO, "logit_bias": {"x": 1}},
+    {"model": "tiny/qwen3", "messages": HELLO, "min_tokens": -1},
     {"model": "tiny/qwen3", "messages": HELLO, "n": 0},
     {"model": "tiny/qwen3", "messages": HELLO, "stop": 5},
     {"model": "tiny/qwen3", "messages": HELLO, "stream": "yes"},
@@ -145,7 +148,7 @@ BAD_CHAT = [
 BAD_COMPLETION = [
     {"model": "stories260k"},
     {"model": "stories260k", "prompt": 5},
-    {"model": "stories260k", "prompt": ["a", "b"]},
+    {"model": "stories260k", "prompt": ["a", 5]},
     {"model": "stories260k", "prompt": [1, 99999]},
     {"model": "stories260k", "prompt": "x", "logprobs": 9},
 ]

@@ -1,10 +1,8 @@
 """The neuron's pure parts without a server: OpenAI request parsing and shaping, SSE framing,
-the JSON guard, model ids and discovery."""
+model ids and discovery."""
 
 from __future__ import annotations
 
-import json
-import random
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,6 @@ from cortex.api import openai, sse
 from cortex.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
 from cortex.neuron.engine import devices
 from cortex.neuron.registry import ModelRegistry, check_id
-from cortex.neuron.text.json_mode import JsonGuard
 from tests.support.checkpoints import STORIES
 
 HELLO = [{"role": "user", "content": "hi"}]
@@ -63,7 +60,7 @@ def test_parse_chat_fields() -> None:
     assert req.stop_token_ids == [5, 9]
     assert req.parse_tools and req.tools
     assert req.template_kwargs == {"enable_thinking": False}
-    assert (req.logprobs, req.top_logprobs, req.json_mode) == (True, 2, True)
+    assert (req.logprobs, req.top_logprobs, req.response_schema) == (True, 2, {"type": "object"})
 
 
 def test_tool_choice_none_hides_tools() -> None:
@@ -108,6 +105,9 @@ def test_parse_completion_prompts() -> None:
     assert openai.parse_completion({"model": "m", "prompt": [1, 2]}).prompt == [1, 2]
     assert openai.parse_completion({"model": "m", "prompt": ["hi"]}).prompt == "hi"
     assert openai.parse_completion({"model": "m", "prompt": [[5]]}).prompt == [5]
+    batch = openai.parse_completion({"model": "m", "prompt": ["a", "b"], "n": 2})
+    assert batch.prompts == ["a", "b"]
+    assert openai.parse_completion({"model": "m", "prompt": [[1], [2, 3]]}).prompts == [[1], [2, 3]]
     legacy = openai.parse_completion({"model": "m", "prompt": "x", "logprobs": 3})
     assert (legacy.logprobs, legacy.top_logprobs) == (True, 3)
     with pytest.raises(InvalidRequest):
@@ -175,19 +175,6 @@ def _split_events(raw: bytes) -> list[sse.SSEEvent]:
     for i in range(0, len(raw), 3):  # byte-sized pieces: events cross chunk boundaries
         out += parser.feed(raw[i : i + 3])
     return out
-
-
-def test_json_guard_always_parses() -> None:
-    rng = random.Random(0)
-    alphabet = list('{}[]",:. 0123456789-eE+tfnrulsa\\u') + ["\n", "é"]
-    for _ in range(3000):
-        guard = JsonGuard()
-        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
-        accepted = guard.feed(text[:7]) + guard.feed(text[7:])
-        assert isinstance(json.loads("{" + accepted + guard.closing()), dict)
-    natural = JsonGuard()
-    assert natural.feed('"a": [1, {"b": null}]} trailing') == '"a": [1, {"b": null}]}'
-    assert natural.finished and natural.closing() == ""
 
 
 @pytest.mark.parametrize(

@@ -55,9 +55,10 @@ class BlockManager:
     def match_prefix(self, seq: Sequence) -> list[int]:
         """Cached blocks holding a prefix of `seq`'s tokens (no state change).
 
-        At least the last token is always left to compute: its logits give the next token.
+        At least the last token is always left to compute: its logits give the next token. A
+        sequence that wants its prompt's logprobs computes every token (`seq.reuses_prefix`).
         """
-        if not self.prefix_cache:
+        if not self.prefix_cache or not seq.reuses_prefix:
             return []
         bs = self.block_size
         hashes = seq.full_block_hashes(bs, len(seq) - 1)

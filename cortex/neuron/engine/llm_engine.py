@@ -106,6 +106,8 @@ class LLMEngine:
             prompt_tokens=seq.num_prompt_tokens,
             cached_tokens=seq.num_cached_tokens,
         )
+        if seq.params.prompt_logprobs and seq.num_output_tokens == 1:
+            out.prompt_logprobs = seq.prompt_logprobs
         wants = seq.params.logprobs or seq.params.top_logprobs
         if sampled.logprobs is not None and wants and not stopped:
             out.logprobs = [sampled.logprobs[i]]

@@ -130,12 +130,44 @@ class ModelRunner:
             hidden = self.model(input_ids, positions, attn)
         if not batch.sampling:
             return SampledTokens([])
+        if not batch.is_decode:
+            self._prompt_logprobs(batch, hidden, attn.query_start_loc_host)
         rows = hidden if last_rows is None else hidden[last_rows]
         logits = self.model.compute_logits(rows)
         sampling = self._sampling_batch(batch.sampling)
         result = self.sampler.sample(logits, sampling)
         sampling.observe(result.token_ids)  # penalty counts follow the histories
-        return self._to_host(result, [s.params for s in batch.sampling])
+        sampled = self._to_host(result, [s.params for s in batch.sampling])
+        if sampling.adjust is not None:
+            sampling.adjust.accept(sampled.token_ids)  # grammars follow the sampled tokens
+        return sampled
+
+    def _prompt_logprobs(self, batch: ScheduledBatch, hidden: torch.Tensor, qsl: list[int]) -> None:
+        """Record the logprobs of the prompt tokens this prefill computed, for the sequences
+        that asked (`params.prompt_logprobs`); a recomputation after a preemption adds none."""
+        for i, seq in enumerate(batch.seqs):
+            if not seq.params.prompt_logprobs:
+                continue
+            start = seq.num_computed  # position of the chunk's first token
+            # Position p predicts token p + 1: keep the predictions of prompt tokens not yet
+            # recorded (prompt token k + 1 is entry k).
+            first = max(start, len(seq.prompt_logprobs))
+            last = min(start + seq.num_scheduled, seq.num_prompt_tokens - 1)
+            if first >= last:
+                continue
+            rows = hidden[qsl[i] + first - start : qsl[i] + last - start]  # [N, H]
+            raw = torch.log_softmax(self.model.compute_logits(rows).float(), dim=-1)  # [N, V]
+            targets = torch.tensor(seq.token_ids[first + 1 : last + 1], device=raw.device)
+            chosen = raw.gather(1, targets[:, None]).squeeze(1).tolist()  # [N]
+            k = seq.params.top_logprobs
+            tops: list[list[tuple[int, float]]] = [[] for _ in chosen]
+            if k:
+                values, ids = raw.topk(k, dim=-1)  # [N, k]
+                tops = [
+                    list(zip(i, v, strict=True))
+                    for i, v in zip(ids.tolist(), values.tolist(), strict=True)
+                ]
+            seq.prompt_logprobs += list(zip(chosen, tops, strict=True))
 
     def _sampling_batch(self, seqs: list[Sequence]) -> SamplingBatch:
         """The step's SamplingBatch, reused while the same sequences sample.
@@ -153,6 +185,7 @@ class ModelRunner:
             [self._generator(s.seq_id, s.params.seed) for s in seqs],
             self.device,
             prompt_lens=[s.num_prompt_tokens for s in seqs],
+            stop_ids=[s.stop_ids for s in seqs],
         )
         self._sampling = (key, sampling)
         return sampling

@@ -8,6 +8,8 @@ Definitions follow vLLM:
 - then temperature (0 = greedy: argmax of the penalised logits), then min_p (drop tokens whose
   probability is below min_p times the top probability), then top_k, then top_p (smallest set
   whose probability reaches top_p).
+Then the per-row adjustments of logits.py (logit_bias, min_tokens, grammar masks), only for the
+rows that have one. `top_p: 0` keeps one token: it is greedy.
 Logprobs are those of the raw model distribution (log-softmax of the unprocessed logits), as
 vLLM reports them by default.
 
@@ -18,11 +20,13 @@ it runs alone or batched with others; unseeded rows share the sampler's generato
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from cortex.api.limits import BOUNDS, check_sampling, token_ids
+from cortex.api.limits import BOUNDS, check_sampling, logit_bias, token_ids
+from cortex.neuron.engine.logits import LogitAdjustments, TokenConstraint
 
 _GREEDY_BELOW = 1e-5  # temperatures this small are greedy (avoids dividing by ~0)
 
@@ -43,13 +47,20 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+    min_tokens: int = 0
+    # Stop ids that the text pipeline watches rather than the engine (a request's own
+    # `stop_token_ids`): min_tokens masks them with EOS.
+    soft_stop_token_ids: list[int] = field(default_factory=list)
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    constraint: TokenConstraint | None = None  # a grammar: this sequence's own matcher
     logprobs: bool = False
     top_logprobs: int = 0
+    prompt_logprobs: bool = False  # the logprob of each prompt token after the first
     n: int = 1
 
     @property
     def greedy(self) -> bool:
-        return self.temperature < _GREEDY_BELOW
+        return self.temperature < _GREEDY_BELOW or self.top_p == 0
 
     @property
     def has_penalties(self) -> bool:
@@ -61,6 +72,7 @@ class SamplingParams:
         # The engine holds these in fixed-width tensors: check them here too, for the offline API.
         check_sampling({name: getattr(self, name) for name in BOUNDS})
         token_ids(self.stop_token_ids, "stop_token_ids")
+        logit_bias(self.logit_bias)
 
 
 def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
@@ -95,6 +107,8 @@ class SamplingBatch:
     # kept current by `observe`: a batch reused across steps never re-reads whole histories.
     seen: torch.Tensor | None = None  # [B, V] bool: in prompt or output
     output_counts: torch.Tensor | None = None  # [B, V] fp32: occurrences in the output
+    # logit_bias, min_tokens and grammars (None when no row has any).
+    adjust: LogitAdjustments | None = None
 
     @classmethod
     def build(
@@ -105,11 +119,13 @@ class SamplingBatch:
         device: torch.device | str,
         *,
         prompt_lens: list[int] | None = None,
+        stop_ids: Sequence[frozenset[int]] | None = None,
     ) -> SamplingBatch:
         """Pack per-request params; `histories` are prompt + output ids (used for penalties).
 
         `prompt_lens[i]` splits history i into prompt and output (presence/frequency count
-        output tokens only); without it the whole history counts as output.
+        output tokens only; min_tokens counts output); without it the whole history counts as
+        output. `stop_ids[i]` are the ids that end row i (masked until its min_tokens).
         """
 
         def floats(values: list[float]) -> torch.Tensor:
@@ -130,8 +146,14 @@ class SamplingBatch:
             num_top_logprobs=max((p.top_logprobs for p in params), default=0),
             want_logprobs=any(p.logprobs or p.top_logprobs for p in params),
         )
+        starts = prompt_lens or [0] * len(params)
+        batch.adjust = LogitAdjustments.build(
+            params,
+            [len(h) - s for h, s in zip(histories, starts, strict=True)],
+            stop_ids or [frozenset(p.stop_token_ids) for p in params],
+            device,
+        )
         if any(p.has_penalties for p in params):
-            starts = prompt_lens or [0] * len(params)
             outputs = [h[s:] for h, s in zip(histories, starts, strict=True)]
             batch.history_index = _index_pairs(histories, device)
             batch.output_index = _index_pairs(outputs, device)
@@ -207,6 +229,8 @@ class Sampler:
         if batch.want_logprobs:
             raw = torch.log_softmax(logits.float(), dim=-1)  # [B, V]
         penalised = batch.apply_penalties(logits)
+        if batch.adjust is not None:
+            penalised = batch.adjust.apply(penalised)
         if batch.all_greedy:
             result.token_ids = penalised.argmax(dim=-1)
         else:

@@ -63,6 +63,9 @@ class Sequence:
         #: Chained hashes of the full blocks of `token_ids` (grown lazily, never invalidated:
         #: tokens are only ever appended).
         self.block_hashes: list[int] = []
+        #: With `params.prompt_logprobs`: (logprob, top (id, logprob) pairs) of prompt tokens
+        #: 1.. in order, filled as the prefill computes them.
+        self.prompt_logprobs: list[tuple[float, list[tuple[int, float]]]] = []
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -80,6 +83,12 @@ class Sequence:
     @property
     def output_ids(self) -> list[int]:
         return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def reuses_prefix(self) -> bool:
+        """Whether cached prompt blocks may stand in for computing them (not when the prompt's
+        own logprobs are wanted: those come from computing every prompt token)."""
+        return not getattr(self.params, "prompt_logprobs", False)
 
     @property
     def num_uncomputed(self) -> int:

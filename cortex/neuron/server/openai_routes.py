@@ -25,7 +25,8 @@ from cortex.api.openai import GenerationRequest
 from cortex.errors import CortexError
 from cortex.neuron.generation import Generation, Piece
 from cortex.neuron.server.state import STATE
-from cortex.neuron.text.prompts import build_prompt
+from cortex.neuron.text.grammar import compile_request
+from cortex.neuron.text.prompts import build_prompts
 from cortex.web import json_response, read_object, start_sse
 
 log = logging.getLogger("cortex.neuron")
@@ -60,8 +61,9 @@ def _client_gone(request: web.Request) -> bool:
 async def _generate(request: web.Request, req: GenerationRequest) -> web.StreamResponse:
     state = request.app[STATE]
     model = state.manager.get(req.model)
-    prompt_ids = await asyncio.to_thread(build_prompt, model.tokenizer, req)
-    gen = Generation(model, req, prompt_ids, state.metrics)
+    prompts = await asyncio.to_thread(build_prompts, model.tokenizer, req)
+    grammar = await compile_request(model.tokenizer, req, prompts[0])
+    gen = Generation(model, req, prompts, state.metrics, grammar)
     rid, created = openai.new_id(req.kind), openai.now()
     status = 200
     state.in_flight.enter()
@@ -89,7 +91,7 @@ async def _generate(request: web.Request, req: GenerationRequest) -> web.StreamR
 
 
 def _usage(gen: Generation) -> dict:
-    return openai.usage(len(gen.prompt_ids), gen.completion_tokens, gen.cached_tokens)
+    return openai.usage(gen.prompt_tokens, gen.completion_tokens, gen.cached_tokens)
 
 
 async def _collect(request: web.Request, gen: Generation, rid: str, created: int) -> web.Response:
@@ -104,7 +106,7 @@ async def _collect(request: web.Request, gen: Generation, rid: str, created: int
 async def _stream(
     request: web.Request, gen: Generation, rid: str, created: int
 ) -> tuple[web.StreamResponse, int]:
-    prompt_tokens = {openai.PROMPT_TOKENS_HEADER: str(len(gen.prompt_ids))}
+    prompt_tokens = {openai.PROMPT_TOKENS_HEADER: str(gen.prompt_tokens)}
     response = await start_sse(request, prompt_tokens)
     try:
         status = await _stream_events(request, gen, response, rid, created)
@@ -121,19 +123,14 @@ async def _stream_events(
     """Write the stream's chunks; returns the status to log. An error after the first byte
     becomes an `{"error": ...}` event (the HTTP status is already sent)."""
     req = gen.req
-    offsets = [0] * req.n
+    offsets = [0] * len(gen.sequences)
     try:
-        for i, seq in enumerate(gen.sequences):
-            text = seq.result.content  # the forced `{` of JSON mode, else empty
-            if req.kind == "chat":
-                delta = {"role": "assistant", "content": text}
-                chunk = openai.chat_chunk(rid, created, req.model, i, delta)
-            elif text:
-                chunk = openai.completion_chunk(rid, created, req.model, i, text)
-            else:
-                continue
-            offsets[i] = len(text)
-            await response.write(_frame(req, chunk))
+        if req.kind == "chat":
+            for i in range(len(gen.sequences)):
+                delta = {"role": "assistant", "content": ""}
+                await response.write(
+                    _frame(req, openai.chat_chunk(rid, created, req.model, i, delta))
+                )
         async for piece in gen.events():
             if piece is None:
                 if _client_gone(request):
@@ -159,8 +156,9 @@ async def _stream_events(
 
 
 def _frame(req: GenerationRequest, chunk: dict) -> bytes:
-    """One chunk as an SSE event; with include_usage every chunk carries `usage: null`."""
-    if req.include_usage:
+    """One chunk as an SSE event; with include_usage every chat chunk carries `usage: null`
+    (legacy completion chunks have no `usage` key but in the usage chunk: see api/openai.py)."""
+    if req.include_usage and req.kind == "chat":
         chunk["usage"] = None
     return sse.data(chunk)
 
@@ -216,7 +214,7 @@ def _log(gen: Generation, status: int) -> None:
         status,
         gen.req.stream,
         gen.req.n,
-        len(gen.prompt_ids),
+        gen.prompt_tokens,
         tokens,
         gen.cached_tokens,
         f"{ttft:.3f}s" if ttft is not None else "-",

@@ -2,8 +2,9 @@
 
 tokenizer.py (`Tokenizer`: encode, decode, chat template) built from a model directory or, by
 gguf_tokenizer.py, from GGUF metadata; chat_template.py (rendering as HF does); prompts.py (a
-request's prompt ids); detokenizer.py -> textstream.py (stop strings, reasoning split, tool
-calls with parsers.py) -> json_mode.py. `load_tokenizer` is the one entry point for a model.
+request's prompt ids); grammar.py (a constrained request's compiled grammar, which the engine's
+sampler enforces); detokenizer.py -> textstream.py (stop strings, reasoning split, tool calls with
+parsers.py). `load_tokenizer` is the one entry point for a model.
 """
 
 from __future__ import annotations

@@ -18,6 +18,11 @@ equivalent plain messages:
   different question than the one asked;
 - tool-call `arguments` given as a JSON string are parsed to an object (templates such as
   Qwen2.5's and Llama 3's apply `tojson` to them); a string that is not a JSON object stays as-is;
+- every tool call the OpenAI spec allows renders as a function call: a `custom` tool call
+  (`{"custom": {"name", "input"}}`) becomes `{"function": {"name", "arguments": input}}`, a call
+  without `arguments` gets `{}`; the deprecated `function_call` of an assistant message becomes
+  its one tool call and the `function` role becomes `tool` (templates know neither), so no
+  template meets an undefined field;
 - `reasoning` / `thinking` are copied to `reasoning_content`, as HF does;
 - the role "developer" (OpenAI's newer name for the system role) becomes "system": templates do
   not know it, and Qwen's would silently leave the message out;
@@ -184,7 +189,13 @@ def _tool_call(call: Any) -> Any:
     if not isinstance(call, Mapping):
         return call
     call = {k: v for k, v in call.items() if v is not None}
+    custom = call.pop("custom", None)
+    if isinstance(custom, Mapping) and "function" not in call:
+        call["type"] = "function"
+        call["function"] = {"name": custom.get("name"), "arguments": custom.get("input", "")}
     function = call.get("function")
+    if isinstance(function, Mapping) and function.get("arguments") is None:
+        call["function"] = function = {**function, "arguments": {}}
     if isinstance(function, Mapping) and isinstance(function.get("arguments"), str):
         try:
             parsed = json.loads(function["arguments"])
@@ -207,6 +218,11 @@ def normalize_messages(messages: Sequence[Any]) -> list[dict[str, Any]]:
         msg["content"] = _content_text(message.get("content"))
         if msg["role"] == "developer":  # OpenAI's newer name for the system role
             msg["role"] = "system"
+        if msg["role"] == "function":  # the deprecated tool result
+            msg["role"] = "tool"
+        function_call = msg.pop("function_call", None)
+        if isinstance(function_call, Mapping) and not msg.get("tool_calls"):
+            msg["tool_calls"] = [{"type": "function", "function": function_call}]
         if isinstance(msg.get("tool_calls"), list):
             msg["tool_calls"] = [_tool_call(c) for c in msg["tool_calls"]]
         reasoning = next((msg[k] for k in _REASONING_FIELDS if msg.get(k) is not None), None)

@@ -1,10 +1,10 @@
 """Turning a validated OpenAI request into prompt token ids for one loaded model.
 
 Chat requests go through the model's chat template (with the request's `tools` and
-`chat_template_kwargs`); legacy completions encode the prompt text (BOS as the model's tokenizer
-config says) or take token ids as given. With `response_format` json_object the answer is forced
-to open with `{` (see json_mode.py): thinking is switched off unless the request set
-`enable_thinking` itself, and the brace is appended to the prompt.
+`chat_template_kwargs`); legacy completions encode each prompt text (BOS as the model's
+tokenizer config says) or take token ids as given. A constrained request (a JSON schema, a
+forced or strict tool call: see grammar.py) renders with thinking switched off unless the
+request set `enable_thinking` itself: the grammar then holds the answer from its first token.
 """
 
 from __future__ import annotations
@@ -15,32 +15,40 @@ from cortex.api.openai import GenerationRequest
 from cortex.errors import InvalidRequest
 from cortex.neuron.text.tokenizer import Tokenizer
 
-JSON_PREFIX = "{"
-
 
 def template_kwargs(req: GenerationRequest) -> dict[str, Any]:
     """Chat template variables for `req`."""
     kwargs = dict(req.template_kwargs)
-    if req.json_mode:
+    if req.constrained:
         kwargs.setdefault("enable_thinking", False)
     return kwargs
 
 
 def build_prompt(tokenizer: Tokenizer, req: GenerationRequest) -> list[int]:
-    """Prompt token ids of `req` for a model with `tokenizer`; 400 for unusable input."""
+    """Prompt token ids of `req` (its first prompt, for a batch of legacy prompts) for a model
+    with `tokenizer`; 400 for unusable input."""
+    return build_prompts(tokenizer, req)[0]
+
+
+def build_prompts(tokenizer: Tokenizer, req: GenerationRequest) -> list[list[int]]:
+    """Prompt token ids of every prompt of `req` (one for chat); 400 for unusable input."""
     if req.kind == "chat":
-        ids = tokenizer.encode_chat(req.messages, req.tools, True, **template_kwargs(req))
-    elif isinstance(req.prompt, str):
-        ids = tokenizer.encode(req.prompt, add_special_tokens=True)
-    else:
-        ids = list(req.prompt or [])
-        vocab = tokenizer.vocab_size
-        if any(t >= vocab for t in ids):
-            raise InvalidRequest(
-                f"token ids must be below the vocabulary size {vocab}", param="prompt"
-            )
-    if req.json_mode:
-        ids = ids + tokenizer.encode(JSON_PREFIX, add_special_tokens=False)
+        return [
+            _checked(tokenizer.encode_chat(req.messages, req.tools, True, **template_kwargs(req)))
+        ]
+    return [_checked(_completion_ids(tokenizer, prompt)) for prompt in req.prompts]
+
+
+def _completion_ids(tokenizer: Tokenizer, prompt: str | list[int]) -> list[int]:
+    if isinstance(prompt, str):
+        return tokenizer.encode(prompt, add_special_tokens=True)
+    vocab = tokenizer.vocab_size
+    if any(t >= vocab for t in prompt):
+        raise InvalidRequest(f"token ids must be below the vocabulary size {vocab}", param="prompt")
+    return list(prompt)
+
+
+def _checked(ids: list[int]) -> list[int]:
     if not ids:
         raise InvalidRequest("the prompt is empty", param="prompt")
     return ids
