@@ -1,30 +1,21 @@
-"""Scheduler and block manager in plain Python: no model, a deterministic stand-in for sampling."""
+"""Scheduler and block manager: no model, a deterministic stand-in for sampling."""
 
 from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass, field
 
 import pytest
 
 from cortex.config import EngineConfig, parse_size
 from cortex.neuron.engine.block_manager import BlockManager
+from cortex.neuron.engine.sampling import SamplingParams
 from cortex.neuron.engine.scheduler import Scheduler
 from cortex.neuron.engine.sequence import Sequence, SequenceStatus
 
 
-@dataclass
-class Params:
-    """The fields of SamplingParams the scheduler reads."""
-
-    max_tokens: int = 8
-    ignore_eos: bool = False
-    stop_token_ids: list[int] = field(default_factory=list)
-
-
 def make_seq(seq_id: int, prompt: list[int], max_tokens: int = 8, **kw) -> Sequence:
-    return Sequence(seq_id, prompt, Params(max_tokens=max_tokens), **kw)
+    return Sequence(seq_id, prompt, SamplingParams(max_tokens=max_tokens), **kw)
 
 
 def next_token(seq: Sequence) -> int:
@@ -170,7 +161,7 @@ def test_stop_token_eos_and_max_len():
     probe = make_seq(0, [1, 2, 3])
     stop = next_token(probe)
     a = make_seq(1, [1, 2, 3], eos_token_ids=[stop])
-    b = Sequence(2, [1, 2, 3], Params(ignore_eos=True, max_tokens=3), eos_token_ids=[stop])
+    b = Sequence(2, [1, 2, 3], SamplingParams(ignore_eos=True, max_tokens=3), eos_token_ids=[stop])
     c = make_seq(3, [1, 2, 3], max_tokens=100, max_len=6)
     run(sched, [a, b, c])
     assert a.finish_reason == "stop" and a.output_ids == [stop]

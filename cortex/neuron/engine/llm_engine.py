@@ -15,6 +15,7 @@ from cortex.errors import ContextLengthExceeded, InvalidRequest
 from cortex.neuron.engine.block_manager import BlockManager
 from cortex.neuron.engine.model_runner import ModelRunner, SampledTokens
 from cortex.neuron.engine.outputs import EngineStats, StepOutput
+from cortex.neuron.engine.sampling import SamplingParams
 from cortex.neuron.engine.scheduler import Scheduler
 from cortex.neuron.engine.sequence import Sequence
 
@@ -55,7 +56,7 @@ class LLMEngine:
     def has_work(self) -> bool:
         return self.scheduler.has_work
 
-    def add_request(self, prompt_ids: list[int], params) -> Sequence:
+    def add_request(self, prompt_ids: list[int], params: SamplingParams) -> Sequence:
         """Queue a prompt; raises ContextLengthExceeded when it leaves no room to generate."""
         check_prompt(prompt_ids, self.max_context)
         seq = Sequence(

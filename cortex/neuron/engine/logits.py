@@ -55,7 +55,7 @@ class TokenConstraint:
     """A sequence's grammar state: its llguidance matcher (its own copy, fed every sampled
     token) and the size of the vocabulary the matcher's masks cover."""
 
-    matcher: Any  # llguidance.LLMatcher
+    matcher: llguidance.LLMatcher
     vocab_size: int
 
 
@@ -64,7 +64,7 @@ class _Grammars:
     """The constrained rows of a batch and their host bitmask."""
 
     rows: torch.Tensor  # [R] int64 on the device
-    matchers: list[Any]  # llguidance.LLMatcher per constrained row (batch order)
+    matchers: list[llguidance.LLMatcher]  # per constrained row (batch order)
     positions: list[int]  # the batch row of each matcher
     bitmask: torch.Tensor  # [R, W] int32 on the host (pinned for CUDA)
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from typing import Any
+
+from cortex.neuron.engine.sampling import SamplingParams
 
 #: Seed of the chained block hash for a sequence's first block.
 ROOT_HASH = 0
@@ -31,7 +32,7 @@ class Sequence:
         self,
         seq_id: int,
         prompt_ids: list[int],
-        params: Any,
+        params: SamplingParams,
         *,
         eos_token_ids: Iterable[int] = (),
         max_len: int | None = None,
@@ -88,7 +89,7 @@ class Sequence:
     def reuses_prefix(self) -> bool:
         """Whether cached prompt blocks may stand in for computing them (not when the prompt's
         own logprobs are wanted: those come from computing every prompt token)."""
-        return not getattr(self.params, "prompt_logprobs", False)
+        return not self.params.prompt_logprobs
 
     @property
     def num_uncomputed(self) -> int:

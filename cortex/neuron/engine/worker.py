@@ -34,6 +34,7 @@ from cortex.neuron.engine.devices import describe as describe_device
 from cortex.neuron.engine.llm_engine import LLMEngine, check_prompt
 from cortex.neuron.engine.outputs import EngineStats, LoadedInfo, StepOutput
 from cortex.neuron.engine.request import RequestHandle
+from cortex.neuron.engine.sampling import SamplingParams
 from cortex.neuron.models.loading import load_model
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ class DeviceWorker:
         self._stats.pop(model_id, None)
         await self._call(self._unload, model_id)
 
-    def submit(self, model_id: str, prompt_ids: list[int], params: Any) -> RequestHandle:
+    def submit(self, model_id: str, prompt_ids: list[int], params: SamplingParams) -> RequestHandle:
         """Start generating; iterate the handle for outputs. Validates before queueing."""
         self._check_open()
         info = self._infos.get(model_id)
@@ -328,7 +329,9 @@ class DeviceWorker:
         self._release_memory()
         self._stop = True
 
-    def _add_request(self, handle: RequestHandle, prompt_ids: list[int], params: Any) -> None:
+    def _add_request(
+        self, handle: RequestHandle, prompt_ids: list[int], params: SamplingParams
+    ) -> None:
         if handle.done:
             return  # cancelled before it reached the device
         loaded = self._models.get(handle.model_id)
