@@ -98,6 +98,18 @@ def test_parse_pydantic_response_format(sdk: openai.OpenAI, seed: int) -> None:
     assert isinstance(choice.message.parsed, Pet)
 
 
+@pytest.mark.parametrize("attempt", range(2))
+def test_responses_parse_pydantic_text_format(stack: dict[str, str], attempt: int) -> None:
+    """The Responses API's `text.format` json_schema reaches the mask through the gateway."""
+    client = openai.OpenAI(base_url=f"{stack['gateway']}/v1", api_key="unused", max_retries=0)
+    reply = client.responses.parse(
+        model=MODEL, input="Describe a pet.", text_format=Pet, temperature=1.0,
+        max_output_tokens=200, store=False,
+    )  # fmt: skip
+    assert reply.status == "completed"
+    assert isinstance(reply.output_parsed, Pet)
+
+
 def test_json_object_stream_parses(http: Session) -> None:
     schema = Pet.model_json_schema()
     body = {
