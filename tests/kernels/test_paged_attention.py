@@ -142,8 +142,16 @@ def run_decode(shape: Shape, variant, num_splits: int, dtype=torch.float32):
         shape.lengths, [1] * len(shape.lengths), shape.block_size, shape.kv_heads, shape.dim, dtype
     )
     q = queries(len(shape.lengths), shape.heads, shape.dim, dtype)
-    out = triton_attention.decode_attention(
-        q, k_cache, v_cache, attn, window, scale, softcap, num_splits=num_splits
+    out = triton_attention.paged_decode(
+        q,
+        k_cache,
+        v_cache,
+        attn.block_tables,
+        attn.context_lens,
+        window,
+        scale,
+        softcap,
+        num_splits,
     )
     qc, kc, vc, meta = on_cpu(q, k_cache, v_cache, attn)
     expected = attention.decode_attention(qc, kc, vc, meta, window, scale, softcap)
@@ -171,7 +179,18 @@ def run_prefill(shape: Shape, variant, dtype=torch.float32):
         shape.lengths, shape.new, shape.block_size, shape.kv_heads, shape.dim, dtype
     )
     q = queries(sum(shape.new), shape.heads, shape.dim, dtype)
-    out = triton_attention.prefill_attention(q, k_cache, v_cache, attn, window, scale, softcap)
+    out = triton_attention.paged_prefill(
+        q,
+        k_cache,
+        v_cache,
+        attn.block_tables,
+        attn.context_lens,
+        attn.query_start_loc,
+        max(shape.new),
+        window,
+        scale,
+        softcap,
+    )
     qc, kc, vc, meta = on_cpu(q, k_cache, v_cache, attn)
     expected = attention.prefill_attention(
         qc, k.float().cpu(), v.float().cpu(), kc, vc, meta, window, scale, softcap

@@ -20,6 +20,7 @@ read K/V through the block tables; this SDPA path is the CPU path and their refe
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -163,9 +164,13 @@ def prefill_attention(
     q [T, H, D], k/v [T, KVH, D] (already stored in the cache) -> out [T, H, D]. With a
     sliding `window`, a query at position i sees keys i - window < j <= i.
     """
-    if k_cache is not None and (kernels := _kernels(q.device)) is not None:
-        return kernels.prefill_attention(q, k_cache, v_cache, attn, window, scale, softcap)
     starts = attn.query_start_loc_host or attn.query_start_loc.tolist()
+    if k_cache is not None and (kernels := _kernels(q.device)) is not None:
+        longest = max(e - s for s, e in itertools.pairwise(starts))
+        return kernels.paged_prefill(
+            q, k_cache, v_cache, attn.block_tables, attn.context_lens, attn.query_start_loc,
+            longest, window, scale, softcap,
+        )  # fmt: skip
     ctx_lens = attn.context_lens_host or attn.context_lens.tolist()
     out = torch.empty_like(q)
     for i, ctx in enumerate(ctx_lens):
@@ -244,7 +249,9 @@ def decode_attention(
     mask come from `attn.decode` when the model computed them for the step.
     """
     if (kernels := _kernels(q.device)) is not None:
-        return kernels.decode_attention(q, k_cache, v_cache, attn, window, scale, softcap)
+        return kernels.paged_decode(
+            q, k_cache, v_cache, attn.block_tables, attn.context_lens, window, scale, softcap
+        )
     if attn.decode is None or window not in attn.decode.biases:
         attn = with_decode_inputs(attn, k_cache.shape[1], [window], q.dtype)
     batch, heads, dim = q.shape

@@ -1,7 +1,8 @@
 """Paged attention in Triton: decode and varlen prefill, reading K/V through the block tables.
 
-Same contract as `decode_attention` and `prefill_attention` in attention.py (whose torch SDPA
-path is the CPU path and these kernels' reference): the cache is `[num_blocks, block_size,
+`decode_attention` and `prefill_attention` in attention.py call `paged_decode` and
+`paged_prefill` on CUDA with their metadata's tensors; their torch SDPA path is the CPU path
+and these kernels' reference. The contract is theirs: the cache is `[num_blocks, block_size,
 kv_heads, head_dim]` per layer, the new tokens' K/V are already stored in it (`store_kv`),
 and a key at position p of sequence b lives in block `block_tables[b, p // block_size]` at
 row `p % block_size`. The kernels look that up per key, so K/V are read where they lie: no
@@ -29,8 +30,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-from cortex.neuron.models.attention import AttentionMetadata
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 # Key tile lengths (tokens per inner-loop step; independent of the cache's block size).
@@ -352,11 +351,12 @@ def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> Non
     assert q.shape[-2] % k_cache.shape[2] == 0, "query heads must be a multiple of KV heads"
 
 
-def decode_attention(
+def paged_decode(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
-    attn: AttentionMetadata,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
     window: int | None = None,
     scale: float | None = None,
     softcap: float | None = None,
@@ -364,7 +364,8 @@ def decode_attention(
 ) -> torch.Tensor:
     """One new token per sequence against its cached context: q [B, H, D] -> out [B, H, D].
 
-    As attention.decode_attention, without host sync or shapes that depend on the contexts.
+    As attention.decode_attention (`block_tables` [B, max_blocks], `context_lens` [B] int32,
+    as in AttentionMetadata), without host sync or shapes that depend on the contexts.
     `num_splits` (a power of two; default `default_num_splits`) divides each sequence's keys
     among that many programs.
     """
@@ -384,15 +385,15 @@ def decode_attention(
         q,
         k_cache,
         v_cache,
-        attn.block_tables,
-        attn.context_lens,
+        block_tables,
+        context_lens,
         target,
         lse,
         q.stride(0),
         q.stride(1),
         *k_cache.stride()[:3],
         *v_cache.stride()[:3],
-        attn.block_tables.stride(0),
+        block_tables.stride(0),
         out.stride(0),
         out.stride(1),
         dim**-0.5 if scale is None else scale,
@@ -423,11 +424,14 @@ def decode_attention(
     return out
 
 
-def prefill_attention(
+def paged_prefill(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
-    attn: AttentionMetadata,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    max_query_len: int,
     window: int | None = None,
     scale: float | None = None,
     softcap: float | None = None,
@@ -435,28 +439,27 @@ def prefill_attention(
     """Causal attention of packed new tokens over their cached prefix and themselves, every
     prefilling sequence in one launch: q [T, H, D] -> out [T, H, D].
 
-    As attention.prefill_attention, except that the new tokens' K/V are read from the cache
-    (where the caller stored them), not passed in.
+    As attention.prefill_attention (`query_start_loc` [B + 1] int32; `max_query_len`, the
+    most new tokens of a sequence, sizes the grid), except that the new tokens' K/V are read
+    from the cache, where the caller stored them.
     """
     _check(q, k_cache, v_cache)
     tokens, heads, dim = q.shape
-    starts = attn.query_start_loc_host or attn.query_start_loc.tolist()
-    longest = max(b - a for a, b in zip(starts, starts[1:], strict=False))
     out = torch.empty(tokens, heads, dim, dtype=q.dtype, device=q.device)
-    grid = (triton.cdiv(longest, PREFILL_TILE_M), len(starts) - 1, heads)
+    grid = (triton.cdiv(max_query_len, PREFILL_TILE_M), context_lens.shape[0], heads)
     _prefill_kernel[grid](
         q,
         k_cache,
         v_cache,
-        attn.block_tables,
-        attn.context_lens,
-        attn.query_start_loc,
+        block_tables,
+        context_lens,
+        query_start_loc,
         out,
         q.stride(0),
         q.stride(1),
         *k_cache.stride()[:3],
         *v_cache.stride()[:3],
-        attn.block_tables.stride(0),
+        block_tables.stride(0),
         out.stride(0),
         out.stride(1),
         dim**-0.5 if scale is None else scale,
