@@ -27,6 +27,8 @@ tensors, which is how CI tests them (tests/kernels).
 
 from __future__ import annotations
 
+from functools import cache
+
 import torch
 import triton
 import triton.language as tl
@@ -47,7 +49,7 @@ def _tanh(x):
 
 
 @triton.jit
-def _key_offsets(
+def _kv_offsets(
     block_tables_ptr,
     stride_table,
     seq,
@@ -56,11 +58,14 @@ def _key_offsets(
     block_size,
     stride_block,
     stride_row,
+    head_offset,  # of the KV head within a row
+    dims,  # [D]
 ):
-    """[N] element offsets of the keys at `positions` in a cache, through the block table."""
+    """[N, D] element offsets of the K/V at `positions` in a cache, through the block table."""
     block = tl.load(block_tables_ptr + seq * stride_table + positions // block_size, valid, 0)
     # int64: a layer's cache can pass 2^31 elements.
-    return block.to(tl.int64) * stride_block + (positions % block_size) * stride_row
+    token = block.to(tl.int64) * stride_block + (positions % block_size) * stride_row
+    return token[:, None] + head_offset + dims[None, :]
 
 
 @triton.jit
@@ -104,12 +109,9 @@ def _decode_kernel(
     lse_ptr,  # [B, H, NUM_SPLITS] fp32 log2-sum-exp2 of each split's scores (unused with 1 split)
     stride_qb,
     stride_qh,
-    stride_kb,
-    stride_kr,
-    stride_kh,
-    stride_vb,
-    stride_vr,
-    stride_vh,
+    stride_cb,  # the caches' strides (K and V alike): block, row, KV head
+    stride_cr,
+    stride_ch,
     stride_table,
     stride_ob,  # of the output [B, H, D] (with one split)
     stride_oh,
@@ -155,36 +157,13 @@ def _decode_kernel(
     for tile in range(lo, hi):
         positions = tile * TILE + tl.arange(0, TILE)  # [N]
         visible = (positions >= start) & (positions < ctx)
-        k_off = _key_offsets(
-            block_tables_ptr,
-            stride_table,
-            seq,
-            positions,
-            visible,
-            block_size,
-            stride_kb,
-            stride_kr,
-        )
-        v_off = _key_offsets(
-            block_tables_ptr,
-            stride_table,
-            seq,
-            positions,
-            visible,
-            block_size,
-            stride_vb,
-            stride_vr,
-        )
-        k = tl.load(
-            k_cache_ptr + k_off[:, None] + kv_head * stride_kh + dims[None, :],
-            visible[:, None] & dim_ok[None, :],
-            0.0,
-        )  # [N, D]
-        v = tl.load(
-            v_cache_ptr + v_off[:, None] + kv_head * stride_vh + dims[None, :],
-            visible[:, None] & dim_ok[None, :],
-            0.0,
-        )  # [N, D]
+        offsets = _kv_offsets(
+            block_tables_ptr, stride_table, seq, positions, visible, block_size,
+            stride_cb, stride_cr, kv_head * stride_ch, dims,
+        )  # fmt: skip
+        kv_ok = visible[:, None] & dim_ok[None, :]
+        k = tl.load(k_cache_ptr + offsets, kv_ok, 0.0)  # [N, D]
+        v = tl.load(v_cache_ptr + offsets, kv_ok, 0.0)  # [N, D]
         scores = _scores(q, k.to(q.dtype), scale, softcap, USE_SOFTCAP)  # [G, N]
         m, denominator, acc = _softmax_step(
             scores, visible[None, :], m, denominator, acc, v.to(q.dtype)
@@ -250,12 +229,9 @@ def _prefill_kernel(
     out_ptr,  # [T, H, D]
     stride_qt,
     stride_qh,
-    stride_kb,
-    stride_kr,
-    stride_kh,
-    stride_vb,
-    stride_vr,
-    stride_vh,
+    stride_cb,  # the caches' strides (K and V alike): block, row, KV head
+    stride_cr,
+    stride_ch,
     stride_table,
     stride_ot,
     stride_oh,
@@ -302,22 +278,13 @@ def _prefill_kernel(
     for tile in range(start // TILE_N, tl.cdiv(end, TILE_N)):
         positions = tile * TILE_N + tl.arange(0, TILE_N)  # [N]
         loaded = positions < end
-        k_off = _key_offsets(
-            block_tables_ptr, stride_table, seq, positions, loaded, block_size, stride_kb, stride_kr
-        )
-        v_off = _key_offsets(
-            block_tables_ptr, stride_table, seq, positions, loaded, block_size, stride_vb, stride_vr
-        )
-        k = tl.load(
-            k_cache_ptr + k_off[:, None] + kv_head * stride_kh + dims[None, :],
-            loaded[:, None] & dim_ok[None, :],
-            0.0,
-        )  # [N, D]
-        v = tl.load(
-            v_cache_ptr + v_off[:, None] + kv_head * stride_vh + dims[None, :],
-            loaded[:, None] & dim_ok[None, :],
-            0.0,
-        )  # [N, D]
+        offsets = _kv_offsets(
+            block_tables_ptr, stride_table, seq, positions, loaded, block_size,
+            stride_cb, stride_cr, kv_head * stride_ch, dims,
+        )  # fmt: skip
+        kv_ok = loaded[:, None] & dim_ok[None, :]
+        k = tl.load(k_cache_ptr + offsets, kv_ok, 0.0)  # [N, D]
+        v = tl.load(v_cache_ptr + offsets, kv_ok, 0.0)  # [N, D]
         visible = (positions[None, :] <= q_pos[:, None]) & loaded[None, :]  # [M, N]
         if USE_WINDOW:
             visible &= positions[None, :] > q_pos[:, None] - window
@@ -334,9 +301,13 @@ def default_num_splits(batch: int, kv_heads: int, device: torch.device) -> int:
     per SM); depends only on the batch shape, so a CUDA graph's choice holds at every replay."""
     if device.type != "cuda":
         return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    want = -(-2 * sms // (batch * kv_heads))
+    want = -(-2 * _sm_count(device) // (batch * kv_heads))
     return min(MAX_SPLITS, triton.next_power_of_2(want))
+
+
+@cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _tile_dim(dim: int) -> int:
@@ -345,9 +316,8 @@ def _tile_dim(dim: int) -> int:
 
 
 def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
-    assert q.stride(-1) == 1 and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1, (
-        "the head dimension must be contiguous"
-    )
+    assert q.stride(-1) == 1 and k_cache.stride(-1) == 1, "the head dimension must be contiguous"
+    assert k_cache.stride() == v_cache.stride(), "K and V caches of one layout (KVCache's)"
     assert q.shape[-2] % k_cache.shape[2] == 0, "query heads must be a multiple of KV heads"
 
 
@@ -392,7 +362,6 @@ def paged_decode(
         q.stride(0),
         q.stride(1),
         *k_cache.stride()[:3],
-        *v_cache.stride()[:3],
         block_tables.stride(0),
         out.stride(0),
         out.stride(1),
@@ -458,7 +427,6 @@ def paged_prefill(
         q.stride(0),
         q.stride(1),
         *k_cache.stride()[:3],
-        *v_cache.stride()[:3],
         block_tables.stride(0),
         out.stride(0),
         out.stride(1),
