@@ -12,12 +12,20 @@ sync, so a CUDA graph can capture it.
 
 Each layer passes its own sliding window (None: global), score scale (None: 1/sqrt(head_dim))
 and tanh soft-cap (Gemma 2); a window is only a mask over the blocks a sequence holds.
+
+On CUDA, when Triton imports, both run as the paged kernels of triton_attention.py, which
+read K/V through the block tables; this SDPA path is the CPU path and their reference.
+`CORTEX_ATTENTION=sdpa` in the environment keeps CUDA on SDPA (for comparisons).
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from functools import cache
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +75,9 @@ def with_decode_inputs(
     dtype: torch.dtype,
 ) -> AttentionMetadata:
     """A copy of decode metadata carrying its `DecodeInputs`: the block index and one key mask
-    per distinct window among `windows` (the layers')."""
+    per distinct window among `windows` (the layers'). The kernels need none: `attn` itself."""
+    if _kernels(attn.context_lens.device) is not None:
+        return attn
     span = attn.block_tables.shape[1] * block_size
     positions = torch.arange(span, device=attn.context_lens.device)[None, :]  # [1, S]
     lens = attn.context_lens[:, None]  # [B, 1]
@@ -155,6 +165,12 @@ def prefill_attention(
     sliding `window`, a query at position i sees keys i - window < j <= i.
     """
     starts = attn.query_start_loc_host or attn.query_start_loc.tolist()
+    if k_cache is not None and (kernels := _kernels(q.device)) is not None:
+        longest = max(e - s for s, e in itertools.pairwise(starts))
+        return kernels.paged_prefill(
+            q, k_cache, v_cache, attn.block_tables, attn.context_lens, attn.query_start_loc,
+            longest, window, scale, softcap,
+        )  # fmt: skip
     ctx_lens = attn.context_lens_host or attn.context_lens.tolist()
     out = torch.empty_like(q)
     for i, ctx in enumerate(ctx_lens):
@@ -232,6 +248,10 @@ def decode_attention(
     sliding `window`, those `window` or more positions back) are masked. The block index and
     mask come from `attn.decode` when the model computed them for the step.
     """
+    if (kernels := _kernels(q.device)) is not None:
+        return kernels.paged_decode(
+            q, k_cache, v_cache, attn.block_tables, attn.context_lens, window, scale, softcap
+        )
     if attn.decode is None or window not in attn.decode.biases:
         attn = with_decode_inputs(attn, k_cache.shape[1], [window], q.dtype)
     batch, heads, dim = q.shape
@@ -247,6 +267,22 @@ def decode_attention(
     else:
         out = softcapped_attention(qg, ks, vs, bias, scale, softcap)  # [B, KVH, G, D]
     return out.reshape(batch, heads, dim)
+
+
+def _kernels(device: torch.device) -> ModuleType | None:
+    """The Triton kernels' module when attention on `device` runs them, else None (SDPA)."""
+    if device.type != "cuda" or os.environ.get("CORTEX_ATTENTION") == "sdpa":
+        return None
+    return _triton_attention()
+
+
+@cache
+def _triton_attention() -> ModuleType | None:
+    try:
+        from cortex.neuron.models import triton_attention
+    except ImportError:  # a CUDA torch without Triton
+        return None
+    return triton_attention
 
 
 def _block_index(block_tables: torch.Tensor, blocks: int) -> torch.Tensor:
