@@ -15,6 +15,7 @@ from cortex.neuron.engine.logits import LogitAdjustments, unpack_bitmask
 from cortex.neuron.engine.sampling import Sampler, SamplingBatch, SamplingParams
 from cortex.neuron.text import load_tokenizer
 from cortex.neuron.text.grammar import compiler_for, request_grammar
+from cortex.neuron.text.parsers import parse_tool_calls
 from tests.conftest import FIXTURES
 
 HELLO = [{"role": "user", "content": "hi"}]
@@ -133,6 +134,22 @@ def test_forced_tool_calls_the_named_tool(tokenizer) -> None:
     )
     bad = '<tool_call>\n{"name": "noop"'
     assert not fresh.consume_tokens(tokenizer.encode(bad, add_special_tokens=False))
+
+
+def test_llama3_models_are_forced_into_their_own_json_call_format() -> None:
+    llama = load_tokenizer(FIXTURES / "llama3.2")
+    assert llama.tool_format == "llama3_json"
+    compiled = _compiled(llama, {"tools": [WEATHER], "tool_choice": "required"})
+    good = '{"name": "get_weather", "parameters": {"city": "Paris"}}'
+    matcher = compiled.constraint().matcher
+    assert matcher.consume_tokens(llama.encode(good, add_special_tokens=False))
+    assert matcher.is_accepting()
+    content, calls = parse_tool_calls(good, "llama3_json")
+    assert content == "" and [c.name for c in calls if c.name] == ["get_weather"]
+    # Hermes tags and plain text are no llama3 call.
+    for bad in ('<tool_call>\n{"name": "get_weather"', "Sure, the weather"):
+        fresh = compiled.constraint().matcher
+        assert not fresh.consume_tokens(llama.encode(bad, add_special_tokens=False))
 
 
 def test_strict_tool_under_auto_allows_text_then_a_valid_call(tokenizer) -> None:
