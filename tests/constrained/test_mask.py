@@ -120,6 +120,24 @@ def test_grammar_follows_the_tokens_to_eos(tokenizer) -> None:
     assert json.loads(text)["kind"] == "dog"
 
 
+def test_a_think_block_may_come_first_when_thinking_is_on(tokenizer) -> None:
+    schema = {"type": "json_schema", "json_schema": {"name": "pet", "schema": PET}}
+    body = {"response_format": schema, "chat_template_kwargs": {"enable_thinking": True}}
+    req = openai.parse_chat({"model": "m", "messages": HELLO, **body})
+    prompt = tokenizer.encode_chat(req.messages, None, True, enable_thinking=True)
+    grammar, param = request_grammar(req, tokenizer, prompt)
+    compiled = compiler_for(tokenizer).compile(grammar, param)
+    for text in (
+        '<think>\nA cat.\n</think>\n\n{"kind": "cat", "age": 2}',
+        '{"kind": "dog", "age": 1}',
+    ):
+        matcher = compiled.constraint().matcher
+        assert matcher.consume_tokens(tokenizer.encode(text, add_special_tokens=False)), text
+        assert matcher.is_accepting()
+    stray = compiled.constraint().matcher
+    assert not stray.consume_tokens(tokenizer.encode("Sure! {", add_special_tokens=False))
+
+
 def test_forced_tool_calls_the_named_tool(tokenizer) -> None:
     other = {"type": "function", "function": {"name": "noop", "parameters": {"type": "object"}}}
     named = {"type": "function", "function": {"name": "get_weather"}}
