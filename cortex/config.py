@@ -90,6 +90,11 @@ class ModelEntry:
     memory: ByteSize | None = None
     max_context: int | None = None
     dtype: str | None = None
+    #: Quantize a safetensors model's linear weights at load: "int8", "int4" or "none".
+    quantize: str | None = None
+
+    def __post_init__(self) -> None:
+        check_quantize(self.quantize)
 
 
 @dataclass
@@ -137,15 +142,22 @@ class EngineConfig:
     max_batch: int = 32
     #: Share of the device memory still free after the weights that the KV cache may take.
     kv_cache_memory: float = 0.85
-    #: On CPU there is no "free device memory": the KV cache gets this many bytes at most.
-    cpu_kv_cache_bytes: ByteSize = ByteSize(2 * 2**30)
+    #: A cap on a CPU model's KV cache; unset, it is what `max_batch` sequences of the model's
+    #: max_context need, within `kv_cache_memory` of the memory available after the weights.
+    cpu_kv_cache_bytes: ByteSize | None = None
     block_size: int = 16
     max_prefill_tokens: int = 2048
     prefix_cache: bool = True
     cuda_graphs: bool = True
+    #: Compute threads of a CPU worker; 0: every core this process may run on.
+    threads: int = 0
+    #: Default `quantize` of safetensors models loaded without one: "int8", "int4" or "none".
+    quantize: str | None = None
 
     def __post_init__(self) -> None:
+        check_quantize(self.quantize)
         checks = (
+            ("threads", self.threads >= 0, "must be 0 (every core) or more"),
             ("max_batch", self.max_batch >= 1, "must be at least 1"),
             ("kv_cache_memory", 0 < self.kv_cache_memory <= 1, "must be in (0, 1]"),
             ("block_size", self.block_size >= 1, "must be at least 1"),
@@ -154,6 +166,15 @@ class EngineConfig:
         for name, ok, problem in checks:
             if not ok:
                 raise FieldError(name, problem)
+
+
+QUANTIZE_VALUES = ("int8", "int4", "none")
+
+
+def check_quantize(value: str | None) -> None:
+    """Raise FieldError unless `value` is one of QUANTIZE_VALUES (or unset)."""
+    if value is not None and value not in QUANTIZE_VALUES:
+        raise FieldError("quantize", f"must be one of {', '.join(QUANTIZE_VALUES)}")
 
 
 @dataclass

@@ -128,7 +128,8 @@ class NeuronClient:
         return (await self._call("GET", "/models")).get("data", [])
 
     async def load(self, model: str, **options: Any) -> dict[str, Any]:
-        """`POST /models/load`; `options` are `device`, `dtype`, `max_context` (None dropped)."""
+        """`POST /models/load`; `options` are `device`, `dtype`, `max_context`, `quantize` (None
+        dropped)."""
         body = {"model": model, **{k: v for k, v in options.items() if v is not None}}
         return await self._call("POST", "/models/load", body, self._load)
 

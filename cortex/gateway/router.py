@@ -263,6 +263,7 @@ class Router:
                 device=plan.device_id if len(neuron.devices) > 1 else None,
                 dtype=entry.dtype if entry else None,
                 max_context=entry.max_context if entry else None,
+                quantize=entry.quantize if entry else None,
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             place.state = before

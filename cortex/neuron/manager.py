@@ -4,12 +4,12 @@
   away does not cancel the load for the others.
 - Loads on one device run one at a time, so two loads cannot both pass the memory preflight and
   then overcommit the device together.
-- Preflight, before anything is allocated: weights (from safetensors or GGUF headers, in the
-  dtype they will run in: a quantized GGUF counts dequantized) plus the KV reserve must fit the
-  device's free memory, else 507 `insufficient_memory` with `required_bytes` and `free_bytes`.
-  The KV reserve is what the engine will allocate on CPU (`cpu_kv_cache_bytes`, at most
-  `max_batch` full-context sequences) and one full-context sequence on CUDA (the engine then
-  takes a share of what is left, see `kv_cache_memory`).
+- Preflight, before anything is allocated: weights (from safetensors or GGUF headers, as they
+  will be held: quantized layers at their quantized size, the rest in the dtype they run in)
+  plus one full-context sequence of KV cache must fit the device's free memory, else 507
+  `insufficient_memory` with `required_bytes` and `free_bytes` (the engine then takes a share of
+  what is left for the KV cache, see `kv_cache_memory`).
+- `quantize` ("int8", "int4", "none") defaults to `[engine] quantize`.
 - Placement: the `device` asked for, else the device with the most free memory.
 - Unload removes the model from routing first, cancels its in-flight requests (their streams end
   with an error event, non-streaming requests get 503 with Retry-After), then frees memory.
@@ -117,6 +117,7 @@ class ModelManager:
         device: str | None = None,
         dtype: str | None = None,
         max_context: int | None = None,
+        quantize: str | None = None,
     ) -> tuple[LoadedModel, bool]:
         """Load `model_id` (or join the load in progress); returns (model, was_already_loaded)."""
         if model_id in self.models:
@@ -130,13 +131,19 @@ class ModelManager:
                 )
         task = self._tasks.get(model_id)
         if task is None:
-            task = asyncio.ensure_future(self._load(model_id, device, dtype, max_context))
+            quantize = quantize or self.engine_config.quantize
+            task = asyncio.ensure_future(self._load(model_id, device, dtype, max_context, quantize))
             self._tasks[model_id] = task
             task.add_done_callback(lambda _: self._tasks.pop(model_id, None))
         return await asyncio.shield(task), False
 
     async def _load(
-        self, model_id: str, device: str | None, dtype: str | None, max_context: int | None
+        self,
+        model_id: str,
+        device: str | None,
+        dtype: str | None,
+        max_context: int | None,
+        quantize: str | None,
     ) -> LoadedModel:
         try:
             location = self.registry.resolve(model_id)
@@ -148,7 +155,7 @@ class ModelManager:
         async with self._device_locks[device]:
             self.loading[model_id] = device
             try:
-                return await self._load_on(location, device, dtype, max_context)
+                return await self._load_on(location, device, dtype, max_context, quantize)
             finally:
                 self.loading.pop(model_id, None)
 
@@ -156,13 +163,20 @@ class ModelManager:
         return max(self.workers, key=lambda d: devices.describe(d).free_bytes)
 
     async def _load_on(
-        self, location: ModelLocation, device: str, dtype: str | None, max_context: int | None
+        self,
+        location: ModelLocation,
+        device: str,
+        dtype: str | None,
+        max_context: int | None,
+        quantize: str | None,
     ) -> LoadedModel:
-        arch = await asyncio.to_thread(self._preflight, location, device, dtype, max_context)
+        arch = await asyncio.to_thread(
+            self._preflight, location, device, dtype, max_context, quantize
+        )
         tokenizer = await asyncio.to_thread(load_tokenizer, location.path)
         defaults = _generation_defaults(location)
         worker = self.workers[device]
-        info = await worker.load(location.id, location.path, dtype, max_context)
+        info = await worker.load(location.id, location.path, dtype, max_context, quantize)
         model = LoadedModel(
             id=location.id,
             location=location,
@@ -187,18 +201,18 @@ class ModelManager:
         return model
 
     def _preflight(
-        self, location: ModelLocation, device: str, dtype: str | None, max_context: int | None
+        self,
+        location: ModelLocation,
+        device: str,
+        dtype: str | None,
+        max_context: int | None,
+        quantize: str | None,
     ) -> str | None:
         """Check the model fits; returns its architecture. Raises 422/507 before allocating."""
         free = devices.describe(device).free_bytes
-        config, run_dtype, weights = weight_footprint(location, device, dtype)
+        config, run_dtype, weights = weight_footprint(location, device, dtype, quantize)
         context = min(max_context or config.max_position_embeddings, config.max_position_embeddings)
-        per_token = _kv_bytes_per_token(config, run_dtype.itemsize)
-        if device == "cpu":
-            cap = self.engine_config.max_batch * context * per_token
-            kv = min(int(self.engine_config.cpu_kv_cache_bytes), cap)
-        else:
-            kv = context * per_token
+        kv = context * _kv_bytes_per_token(config, run_dtype.itemsize)
         required = weights + kv
         if required > free:
             raise InsufficientMemory(
@@ -237,18 +251,20 @@ class ModelManager:
 
 
 def weight_footprint(
-    location: ModelLocation, device: str, dtype: str | None
+    location: ModelLocation, device: str, dtype: str | None, quantize: str | None = None
 ) -> tuple[ModelConfig, torch.dtype, int]:
-    """(ModelConfig, torch dtype it will run in, weight bytes in that dtype), reading headers
-    only: a GGUF counts dequantized, not at its file size. Raises `UnsupportedArchitecture`
-    (422) for a model the decoder cannot run."""
+    """(ModelConfig, torch dtype it will run in, bytes its weights will hold), reading headers
+    only: quantized layers at their quantized size. Raises `UnsupportedArchitecture` (422) for a
+    model the decoder cannot run."""
     if location.format == "gguf":
         config = gguf_config(location.path)
         run_dtype = parse_dtype(dtype) if dtype else default_dtype(torch.device(device))
+        weights = model_weight_bytes(location.path, dtype, quantize, device)
     else:
         config = ModelConfig.from_dir(location.path)
         run_dtype = resolve_dtype(config, device, dtype)
-    return config, run_dtype, model_weight_bytes(location.path, run_dtype)
+        weights = model_weight_bytes(location.path, run_dtype, quantize, device)
+    return config, run_dtype, weights
 
 
 def _generation_defaults(location: ModelLocation) -> dict[str, Any]:

@@ -196,8 +196,9 @@ def describe(location: ModelLocation) -> dict[str, Any]:
     if location.format == "gguf":
         summary = gguf_summary(location.path)
         if summary:
-            # Weights are dequantized at load: count them as a GPU holds them (bf16), not the
-            # quantized file (4-8x smaller), so the gateway's first memory estimate is close.
+            # What the weights will hold once loaded in bf16 (a GPU's and a bf16 CPU's compute
+            # dtype): quantized layers near the file's size, the rest in bf16; the gateway
+            # places the model by it.
             from cortex.neuron.models.loading import model_weight_bytes
 
             summary["file_bytes"] = summary["bytes"]

@@ -61,8 +61,8 @@ class ThreadRecorder:
         self.threads: set[str] = set()
         self.fail_paths = fail_paths
 
-    def __call__(self, path: Path, device: torch.device, dtype):
-        model = load_model(path.resolve(), device, dtype)
+    def __call__(self, path: Path, device: torch.device, dtype, quantize=None):
+        model = load_model(path.resolve(), device, dtype, quantize)
         self.threads.add(threading.current_thread().name)
         failing = path.name in self.fail_paths
 
@@ -203,11 +203,9 @@ def test_failing_step_fails_only_that_models_requests(tmp_path, expected):
     assert again[0] == expected[0]
 
 
-def test_cpu_threads_follow_omp_num_threads_else_leave_a_core(monkeypatch) -> None:
+def test_cpu_threads_follow_the_engine_setting_else_every_core() -> None:
     from cortex.neuron.engine.worker import cpu_threads
 
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert cpu_threads() == 3
-    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert cpu_threads(3) == 3
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    assert cpu_threads() == max(1, cores - 1)
+    assert cpu_threads() == cores

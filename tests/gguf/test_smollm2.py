@@ -55,7 +55,7 @@ def gguf_path() -> Path:
 @pytest.fixture(scope="module")
 def ours(gguf_path: Path) -> tuple[torch.nn.Module, Tokenizer]:
     start = time.perf_counter()
-    model = load_model(gguf_path, torch.device("cpu"), None)
+    model = load_model(gguf_path, torch.device("cpu"), "float32")  # the exact dequantized path
     tokenizer = tokenizer_from_gguf(gguf_path)
     print(f"\ncortex: SmolLM2 Q4_1 model + tokenizer loaded in {time.perf_counter() - start:.2f}s")
     return model, tokenizer

@@ -7,7 +7,7 @@ Layout (ids are paths relative to the models dir):
   prompt it thinks then answers, with thinking switched off it calls `get_weather`, after a
   forced `{` it writes `"answer": 42}`;
 - `scripted/qwen3-opened`: the same weights, with a chat template that opens `<think>` itself;
-- `huge/llama`: a tiny llama claiming a 16M-token context (its KV reserve cannot fit);
+- `huge/llama`: a tiny llama claiming a 16G-token context (one sequence's KV cannot fit);
 - `broken/gpt2`: a directory with an unsupported model_type;
 - `outside` (symlink to the fixtures dir): an intermediate symlink that leads out of the root;
 - an HF cache (`hub/`) holding `Test/Stories` as `models--Test--Stories/snapshots/<ref>`.
@@ -76,7 +76,7 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_scripted_checkpoint(root / "scripted" / "qwen3", SCRIPTS)
     _opened_variant(root / "scripted" / "qwen3", root / "scripted" / "qwen3-opened")
     make_tiny_checkpoint(
-        "llama", root / "huge" / "llama", tokenizer_from=STORIES, max_position_embeddings=2**24
+        "llama", root / "huge" / "llama", tokenizer_from=STORIES, max_position_embeddings=2**34
     )
     broken = root / "broken" / "gpt2"
     broken.mkdir(parents=True)

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cortex.neuron.manager import weight_footprint
 from cortex.neuron.models.gguf import load_gguf_model
 from cortex.neuron.models.loading import model_weight_bytes
+from cortex.neuron.models.quantized import resident_bytes
 from cortex.neuron.registry import ModelLocation, describe
 from tests.conftest import FIXTURES
 from tests.gguf.writer import write_gguf
@@ -25,8 +26,6 @@ name = "test-node"
 max_body_bytes = "64KiB"
 [engine]
 max_batch = 32
-# Large enough that `huge/llama` (a 16M-token context) needs more than the host has.
-cpu_kv_cache_bytes = "64GiB"
 """
 
 
@@ -233,20 +232,20 @@ def test_metrics_parse(client: Session) -> None:
     )
 
 
-def test_preflight_counts_a_gguf_dequantized(tmp_path: Path) -> None:
-    """A quantized GGUF's preflight weight bytes are what its dequantized weights take once
-    loaded, not its (much smaller) file size."""
+def test_preflight_counts_a_gguf_as_loaded(tmp_path: Path) -> None:
+    """A GGUF's preflight weight bytes are what its weights hold once loaded: quantized layers
+    at their quantized size by default, everything dequantized for dtype float32."""
     hf = make_tiny_checkpoint("qwen3", tmp_path / "hf", tokenizer_from=FIXTURES / "qwen3")
     gguf = write_gguf(hf, tmp_path / "tiny" / "tiny.Q8_0.gguf")
     location = ModelLocation("tiny", gguf.parent, "gguf", "models_dir")
-    for asked, itemsize in ((None, 4), ("bfloat16", 2)):  # None: fp32 on CPU
+    for asked in (None, "bfloat16", "float32"):
         _, dtype, weights = weight_footprint(location, "cpu", asked)
-        assert dtype.itemsize == itemsize
-        model = load_gguf_model(gguf, "cpu", dtype)
-        assert weights == sum(p.numel() * p.element_size() for p in model.parameters())
-        assert weights == model_weight_bytes(hf, dtype)  # the checkpoint it was made from
-    # `/models` lists it with its quantization and the bf16 size, the file size beside.
+        model = load_gguf_model(gguf, "cpu", asked)
+        assert dtype == model.dtype
+        assert weights == resident_bytes(model)
+    assert weights == model_weight_bytes(hf, "float32")  # the checkpoint it was made from
+    # `/models` lists it with its quantization and its quantized size, the file size beside.
     listed = describe(location)
     assert listed["format"] == "gguf" and listed["quantization"] == "Q8_0"
-    assert listed["bytes"] == model_weight_bytes(hf, "bfloat16")
-    assert listed["file_bytes"] == gguf.stat().st_size < listed["bytes"]
+    assert listed["bytes"] == model_weight_bytes(gguf, "bfloat16")
+    assert listed["file_bytes"] == gguf.stat().st_size

@@ -21,6 +21,7 @@ import torch
 from cortex.config import EngineConfig
 from cortex.errors import InsufficientMemory
 from cortex.neuron.engine.cuda_graph import DecodeGraphs
+from cortex.neuron.engine.devices import describe as describe_device
 from cortex.neuron.engine.sampling import Sampler, SamplingBatch, make_generator
 from cortex.neuron.engine.scheduler import ScheduledBatch
 from cortex.neuron.engine.sequence import Sequence
@@ -43,9 +44,10 @@ def plan_kv_cache(
 ) -> tuple[int, int]:
     """(number of KV blocks, usable max context) for `model` on its device.
 
-    The budget is `kv_cache_memory` of the device memory free after the weights (CUDA) or
-    `cpu_kv_cache_bytes` (CPU); never more than `max_batch` sequences of `max_context` need.
-    When even one full-context sequence does not fit, the context shrinks to what does.
+    The budget is `kv_cache_memory` of the memory free after the weights (device memory on
+    CUDA, available RAM on CPU, where `cpu_kv_cache_bytes` may cap it further); never more than
+    `max_batch` sequences of `max_context` need. When even one full-context sequence does not
+    fit, the context shrinks to what does.
     """
     bs = config.block_size
     per_block = KVCache.bytes_per_block(model.config, bs, model.dtype)
@@ -53,7 +55,9 @@ def plan_kv_cache(
         free, _ = torch.cuda.mem_get_info(model.device)
         budget = int(free * config.kv_cache_memory)
     else:
-        budget = config.cpu_kv_cache_bytes
+        budget = int(describe_device("cpu").free_bytes * config.kv_cache_memory)
+        if config.cpu_kv_cache_bytes is not None:
+            budget = min(budget, config.cpu_kv_cache_bytes)
     blocks_per_seq = -(-max_context // bs)
     # One block stays spare: the scratch block that padded rows of a decode batch write to.
     num_blocks = min(budget // per_block - 1, blocks_per_seq * config.max_batch)

@@ -36,10 +36,12 @@ from cortex.neuron.engine.outputs import EngineStats, LoadedInfo, StepOutput
 from cortex.neuron.engine.request import RequestHandle
 from cortex.neuron.engine.sampling import SamplingParams
 from cortex.neuron.models.loading import load_model
+from cortex.neuron.models.quantized import resident_bytes
 
 log = logging.getLogger(__name__)
 
-Loader = Callable[[Path, torch.device, str | None], torch.nn.Module]
+# (path, device, dtype, quantize) -> model
+Loader = Callable[[Path, torch.device, str | None, str | None], torch.nn.Module]
 
 
 @dataclass
@@ -51,20 +53,18 @@ class _Loaded:
     handles: dict[int, RequestHandle] = field(default_factory=dict)
 
 
-def cpu_threads() -> int:
-    """Intra-op threads for a CPU worker: `OMP_NUM_THREADS` if set, else usable cores - 1.
+def cpu_threads(configured: int = 0) -> int:
+    """Intra-op threads for a CPU worker: `configured` (`[engine] threads`) if set, else every
+    core this process may run on.
 
-    One core stays free for the event loop (HTTP, tokenizing, streaming): an intra-op pool
-    as wide as the machine has its threads descheduled by that work, and every kernel then
-    waits for its slowest thread. On a 2-core machine this means one thread, which is also
-    what small models decode fastest with.
+    Decode at batch 1 is bound by memory bandwidth, which one core cannot saturate; the event
+    loop's work (HTTP, detokenizing, streaming) is light beside a step and fits between them.
     """
-    configured = os.environ.get("OMP_NUM_THREADS", "")
-    if configured.isdigit() and int(configured) > 0:
-        return int(configured)
+    if configured > 0:
+        return configured
     if hasattr(os, "sched_getaffinity"):  # Linux: the cores this process may run on
-        return max(1, len(os.sched_getaffinity(0)) - 1)
-    return max(1, (os.cpu_count() or 1) - 1)
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def thread_name(device: torch.device) -> str:
@@ -120,12 +120,13 @@ class DeviceWorker:
         path: str | Path,
         dtype: str | None = None,
         max_context: int | None = None,
+        quantize: str | None = None,
     ) -> LoadedInfo:
         """Load a model onto this device (a no-op answer if it is already loaded)."""
         self._check_open()
         if model_id in self._infos:
             return self._infos[model_id]
-        info = await self._call(self._load, model_id, Path(path), dtype, max_context)
+        info = await self._call(self._load, model_id, Path(path), dtype, max_context, quantize)
         self._infos[model_id] = info
         self._stats.setdefault(model_id, EngineStats(kv_blocks_total=info.kv_blocks))
         return info
@@ -227,7 +228,7 @@ class DeviceWorker:
 
     def _run(self) -> None:
         if self.device.type == "cpu":
-            torch.set_num_threads(cpu_threads())
+            torch.set_num_threads(cpu_threads(self.config.threads))
         while not self._stop:
             busy = any(m.engine.has_work for m in self._models.values())
             try:
@@ -287,21 +288,25 @@ class DeviceWorker:
     # Commands (run on the device thread)
 
     def _load(
-        self, model_id: str, path: Path, dtype: str | None, max_context: int | None
+        self,
+        model_id: str,
+        path: Path,
+        dtype: str | None,
+        max_context: int | None,
+        quantize: str | None,
     ) -> LoadedInfo:
         if model_id in self._models:
             return self._models[model_id].info
         start = time.perf_counter()
-        model = self._loader(path, self.device, dtype)
+        model = self._loader(path, self.device, dtype, quantize)
         try:
             engine = LLMEngine(model, self.config, max_context)
         except BaseException:
             del model
             self._release_memory()
             raise
-        weights = sum(p.numel() * p.element_size() for p in model.parameters())
         info = LoadedInfo(
-            bytes=weights + engine.runner.kv_cache_bytes,
+            bytes=resident_bytes(model) + engine.runner.kv_cache_bytes,
             max_context=engine.max_context,
             dtype=str(model.dtype).removeprefix("torch."),
             load_seconds=time.perf_counter() - start,

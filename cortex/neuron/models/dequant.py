@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -140,6 +141,14 @@ def check_supported(name: str, qtype: GGMLQuantizationType) -> None:
         )
 
 
+def _as_bytes(raw: np.ndarray) -> torch.Tensor:
+    """A GGUF tensor's bytes (any numpy view) as a flat uint8 tensor sharing their memory."""
+    with warnings.catch_warnings():
+        # A read-only memory map is fine: every path below copies before anything could write.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(raw).reshape(-1).view(np.uint8))
+
+
 def dequantize(
     raw: np.ndarray,
     qtype: GGMLQuantizationType,
@@ -155,21 +164,87 @@ def dequantize(
     shared with `raw` (no host copy) until they reach `device`; the result never aliases `raw`.
     """
     check_supported(name, qtype)
-    with warnings.catch_warnings():
-        # A read-only memory map is fine: every path below copies before anything could write.
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        data = torch.from_numpy(np.ascontiguousarray(raw).reshape(-1).view(np.uint8))
+    data = _as_bytes(raw)
     if qtype in FLOAT_TYPES:
         flat = data.view(FLOAT_TYPES[qtype])
         return flat.to(device=device, dtype=dtype, copy=True).reshape(shape)
+    return dequantize_blocks(data.to(device), qtype, dtype).reshape(shape)
+
+
+def dequantize_blocks(
+    data: torch.Tensor, qtype: GGMLQuantizationType, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """ggml blocks of `qtype` (uint8, any shape whose last dim holds whole blocks, on any device)
+    -> their values `[..., elements]` in `dtype` on the same device."""
     block_size, type_size = GGML_QUANT_SIZES[qtype]
+    lead = data.shape[:-1]
     blocks = data.reshape(-1, type_size)
     kernel = BLOCK_KERNELS[qtype]
+    elements = data.shape[-1] // type_size * block_size if data.dim() else 0
     if blocks.shape[0] <= CHUNK_BLOCKS:
         # One piece: the kernel's fp32 result is the answer (no second buffer, no copy).
-        return kernel(blocks.to(device)).to(dtype).reshape(shape)
-    out = torch.empty(blocks.shape[0], block_size, dtype=dtype, device=device)
+        return kernel(blocks).to(dtype).reshape(*lead, elements)
+    out = torch.empty(blocks.shape[0], block_size, dtype=dtype, device=data.device)
     for start in range(0, blocks.shape[0], CHUNK_BLOCKS):
-        chunk = blocks[start : start + CHUNK_BLOCKS].to(device)
-        out[start : start + CHUNK_BLOCKS] = kernel(chunk)
-    return out.reshape(shape)
+        out[start : start + CHUNK_BLOCKS] = kernel(blocks[start : start + CHUNK_BLOCKS])
+    return out.reshape(*lead, elements)
+
+
+@dataclass
+class BlockTensor:
+    """A 2-D GGUF tensor still in ggml blocks, on its device: `data` [rows, row_bytes] uint8.
+
+    Each row holds whole blocks (a row's length is a multiple of the block size), so rows can be
+    selected, permuted and concatenated as bytes.
+    """
+
+    data: torch.Tensor
+    qtype: GGMLQuantizationType
+
+    @classmethod
+    def from_raw(
+        cls,
+        raw: np.ndarray,
+        qtype: GGMLQuantizationType,
+        shape: tuple[int, int],
+        device: torch.device | str,
+    ) -> BlockTensor:
+        """The bytes of a GGUF tensor of torch-order `shape` [rows, cols], copied to `device`."""
+        data = _as_bytes(raw).to(device, copy=True)
+        return cls(data.reshape(shape[0], -1), qtype)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """[rows, cols] in elements."""
+        block_size, type_size = GGML_QUANT_SIZES[self.qtype]
+        return self.data.shape[0], self.data.shape[1] // type_size * block_size
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The values [rows, cols] in `dtype`."""
+        return dequantize_blocks(self.data, self.qtype, dtype)
+
+
+# Types whose blocks are 32-value groups of 4-bit quants with a scale and an offset.
+INT4_TYPES = frozenset({Q.Q4_0, Q.Q4_1, Q.Q4_K})
+
+
+def int4_groups(t: BlockTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The quants of a Q4_0/Q4_1/Q4_K tensor as 32-wide groups with `w = (q - 8) * scale + zero`.
+
+    Returns q [rows, cols] uint8 in 0..15 and scale, zero [rows, cols / 32] fp32: the
+    asymmetric int4 layout of torch's weight-only int4 kernels. The values equal the
+    dequantized ones up to fp32 rounding (the kernels then round scale and zero to their dtype).
+    """
+    rows = t.data.shape[0]
+    b = t.data.reshape(-1, GGML_QUANT_SIZES[t.qtype][1])  # [blocks, type_size]
+    if t.qtype == Q.Q4_K:
+        scale, offset = _k_scales(b)  # [n, 8, 1] each: q * scale - offset
+        q = _nibbles(b[:, 16:], 4)  # [n, 8, 32]
+        zero = scale * 8 - offset
+    else:
+        d = _f16(b[:, :2])  # [n, 1]
+        # Q4_0: (q - 8) * d; Q4_1: q * d + m = (q - 8) * d + (m + 8d).
+        zero = torch.zeros_like(d) if t.qtype == Q.Q4_0 else _f16(b[:, 2:4]) + d * 8
+        q = _nibbles(b[:, 2 if t.qtype == Q.Q4_0 else 4 :], 1)  # [n, 2, 16]
+        scale = d
+    return q.reshape(rows, -1), scale.reshape(rows, -1), zero.reshape(rows, -1)

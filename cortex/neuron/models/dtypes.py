@@ -30,16 +30,27 @@ def resolve_dtype(
 ) -> torch.dtype:
     """The dtype to run in: the one asked for, else the checkpoint's.
 
-    On CPU a float16 checkpoint runs in bfloat16 (CPU fp16 kernels are slow and partial).
+    On CPU a half-precision checkpoint runs in the CPU's default (`default_dtype`): CPU fp16
+    kernels are slow and partial, and bf16 without native support is slower than fp32.
     """
     if dtype is not None:
         return parse_dtype(dtype)
     chosen = parse_dtype(config.torch_dtype)
-    if torch.device(device).type == "cpu" and chosen == torch.float16:
-        return torch.bfloat16
+    device = torch.device(device)
+    if device.type == "cpu" and chosen in (torch.float16, torch.bfloat16):
+        return default_dtype(device)
     return chosen
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on accelerators, fp32 on CPU (quantized weights carry no dtype of their own)."""
-    return torch.float32 if device.type == "cpu" else torch.bfloat16
+    """The compute dtype of a model whose weights carry none (GGUF): bf16 on accelerators and
+    on CPUs with native bf16 arithmetic, fp32 on other CPUs."""
+    if device.type == "cpu" and not cpu_has_bf16():
+        return torch.float32
+    return torch.bfloat16
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512_BF16 or AMX): bf16 matmuls then run at
+    twice fp32's bandwidth. Elsewhere bf16 is emulated and slower than fp32."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())

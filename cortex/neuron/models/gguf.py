@@ -3,8 +3,11 @@
 GGUF keeps everything in one file: the hyperparameters under `<arch>.*` keys, the tokenizer under
 `tokenizer.*` (see `cortex/neuron/text/gguf_tokenizer.py`) and the tensors under llama.cpp's names,
 often block-quantized. Here the metadata becomes the same `config.json`-style dict the safetensors
-path reads (so `ModelConfig.from_dict` validates both alike), the tensors are dequantized on the
-target device (`dequant.py`) and fed to `CausalLM.load_weights` under their Hugging Face names.
+path reads (so `ModelConfig.from_dict` validates both alike), and the tensors are fed to
+`CausalLM.load_weights` under their Hugging Face names: block-quantized matrices as their blocks
+on the target device (`BlockTensor`), which the model's quantized layers keep (quantized.py),
+everything else dequantized (`dequant.py`). `dtype="float32"` dequantizes everything: the exact
+reference path.
 
 llama.cpp's converter permutes the rows of Q and K for the `llama` architecture (its RoPE pairs
 adjacent dims, HF's pairs the two halves); that permutation is undone here. Qwen files are not
@@ -21,7 +24,7 @@ import functools
 import math
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +34,11 @@ from gguf import LlamaFileType
 
 from cortex.errors import ModelLoadFailed, UnsupportedArchitecture
 from cortex.neuron.models.architectures import CausalLM, build_model
-from cortex.neuron.models.dequant import check_supported, dequantize
+from cortex.neuron.models.dequant import FLOAT_TYPES, BlockTensor, check_supported, dequantize
 from cortex.neuron.models.dtypes import default_dtype, parse_dtype
 from cortex.neuron.models.gguf_file import GGUFFile
 from cortex.neuron.models.model_config import ModelConfig
+from cortex.neuron.models.quantized import Scheme, check_scheme, planned_bytes
 
 # GGUF `general.architecture` -> HF `model_type`.
 ARCHITECTURES = {
@@ -312,9 +316,15 @@ def unpermute(weight: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def iter_weights(
-    reader: GGUFFile, config: ModelConfig, device: torch.device, dtype: torch.dtype
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF name, dequantized tensor on `device` in `dtype`) for every model tensor in the file."""
+    reader: GGUFFile,
+    config: ModelConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    keep_blocks: bool = False,
+) -> Iterator[tuple[str, torch.Tensor | BlockTensor]]:
+    """(HF name, tensor on `device`) for every model tensor in the file: dequantized to `dtype`,
+    except block-quantized matrices when `keep_blocks` (then a `BlockTensor`; stacked experts
+    are always dequantized)."""
     arch = architecture(reader)
     permute = arch in PERMUTED_ARCHITECTURES
     heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
@@ -322,10 +332,14 @@ def iter_weights(
         if _not_weights(t.name):
             continue  # already folded into config.rope_scaling
         name = hf_name(t.name, arch)
-        weight = dequantize(t.data, t.qtype, t.shape, device=device, dtype=dtype, name=t.name)
         kind = t.name.split(".")[2] if t.name.startswith("blk.") else ""
-        if permute and kind in heads:
-            weight = unpermute(weight, heads[kind])
+        weight: torch.Tensor | BlockTensor
+        if keep_blocks and _kept_in_blocks(t.qtype, t.shape) and kind not in EXPERT_TENSORS:
+            weight = BlockTensor.from_raw(t.data, t.qtype, t.shape, device)
+        else:
+            weight = dequantize(t.data, t.qtype, t.shape, device=device, dtype=dtype, name=t.name)
+        if permute and kind in heads:  # rows permute alike as values or as whole-block rows
+            weight = _rows(weight, lambda rows, h=heads[kind]: unpermute(rows, h))
         if arch in SHIFTED_NORMS and t.name.endswith("norm.weight"):
             weight = weight - 1.0
         if kind in EXPERT_TENSORS:  # [E, rows, cols]: one tensor per expert
@@ -334,15 +348,36 @@ def iter_weights(
             yield name, weight
 
 
-def load_gguf_model(
-    path: str | Path, device: torch.device | str, dtype: torch.dtype | str | None = None
-) -> CausalLM:
-    """Build the `CausalLM` a GGUF file describes, weights dequantized on `device`.
+def _kept_in_blocks(qtype: Any, shape: tuple[int, ...]) -> bool:
+    return qtype not in FLOAT_TYPES and len(shape) == 2
 
-    `dtype` None means bf16 on accelerators and fp32 on CPU.
+
+def _rows(
+    weight: torch.Tensor | BlockTensor, fn: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor | BlockTensor:
+    """`fn` applied to the rows of a tensor, or of a block tensor's bytes."""
+    if isinstance(weight, BlockTensor):
+        return BlockTensor(fn(weight.data), weight.qtype)
+    return fn(weight)
+
+
+def load_gguf_model(
+    path: str | Path,
+    device: torch.device | str,
+    dtype: torch.dtype | str | None = None,
+    quantize: str | None = None,
+) -> CausalLM:
+    """Build the `CausalLM` a GGUF file describes on `device`.
+
+    `dtype` None means the device's default compute dtype (`default_dtype`). Block-quantized
+    matrices stay quantized (quantized.py) and the float ones are quantized if `quantize`
+    ("int8", "int4") says so, unless `dtype` is float32: then everything is dequantized to fp32,
+    the exact reference.
     """
     device = torch.device(device)
+    exact = dtype is not None and parse_dtype(dtype) == torch.float32
     dtype = parse_dtype(dtype) if dtype is not None else default_dtype(device)
+    scheme: Scheme | None = check_scheme(quantize)
     file = find_gguf(path)
     if file is None:
         raise ModelLoadFailed(f"no GGUF file at {path}")
@@ -355,16 +390,38 @@ def load_gguf_model(
     for t in reader.tensors:
         check_supported(t.name, t.qtype)  # refuse before allocating anything
     config = ModelConfig.from_dict(config_dict(reader))
-    model = build_model(config, device, dtype)
-    model.load_weights(iter_weights(reader, config, device, dtype))
+    keep = not exact and any(_kept_in_blocks(t.qtype, t.shape) for t in reader.tensors)
+    model = build_model(config, device, dtype, quantize=scheme, blocks=keep)
+    model.load_weights(iter_weights(reader, config, device, dtype, keep_blocks=keep))
     return model
 
 
-def gguf_weight_bytes(path: str | Path, dtype: torch.dtype | str | None = None) -> int:
-    """Bytes the dequantized weights take in `dtype` (fp32 if None), without loading them."""
-    size = parse_dtype(dtype or torch.float32).itemsize
+def gguf_weight_bytes(
+    path: str | Path,
+    dtype: torch.dtype | str | None = None,
+    quantize: str | None = None,
+    device: torch.device | str = "cpu",
+) -> int:
+    """Bytes the weights take once `load_gguf_model(path, device, dtype, quantize)` has loaded
+    them, from the header only: block-quantized matrices at their quantized size (unless dtype
+    is float32), the rest in the compute dtype."""
+    device = torch.device(device)
     reader = open_gguf(find_gguf(path) or path)
-    return sum(t.n_elements for t in reader.tensors if not _not_weights(t.name)) * size
+    weights = [t for t in reader.tensors if not _not_weights(t.name)]
+    exact = dtype is not None and parse_dtype(dtype) == torch.float32
+    run_dtype = parse_dtype(dtype) if dtype is not None else default_dtype(device)
+    keep = not exact and any(_kept_in_blocks(t.qtype, t.shape) for t in weights)
+    scheme = check_scheme(quantize)
+    if not keep and scheme is None:
+        return sum(t.n_elements for t in weights) * run_dtype.itemsize
+    config = ModelConfig.from_dict(config_dict(reader))
+    model = build_model(config, "meta", run_dtype, quantize=scheme, blocks=keep)
+    arch = architecture(reader)
+    kinds = {
+        hf_name(t.name, arch): t.qtype if keep and _kept_in_blocks(t.qtype, t.shape) else None
+        for t in weights
+    }
+    return planned_bytes(model, kinds, device)
 
 
 @functools.lru_cache(maxsize=256)

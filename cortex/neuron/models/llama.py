@@ -30,7 +30,9 @@ from cortex.neuron.models.attention import (
     store_kv,
     with_decode_inputs,
 )
+from cortex.neuron.models.dequant import BlockTensor
 from cortex.neuron.models.model_config import ModelConfig
+from cortex.neuron.models.quantized import Pending, PendingPart, Weight
 from cortex.neuron.models.rope import Rotary, apply_rope
 
 # MLP gate activations by config name.
@@ -181,13 +183,15 @@ class LlamaForCausalLM(nn.Module):
         self.windows = [config.window(i) for i in range(config.num_hidden_layers)]
         self.kv_block_size = 0  # set by bind_kv_cache
 
+    # The final norm's weight tells dtype and device: the embedding and the linears may be
+    # quantized (see quantized.py).
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.embed_tokens.weight.dtype
+        return self.model.norm.weight.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.model.embed_tokens.weight.device
+        return self.model.norm.weight.device
 
     def init_rope(self) -> None:
         """Compute the RoPE frequencies on the model's device (after materialising)."""
@@ -225,12 +229,24 @@ class LlamaForCausalLM(nn.Module):
         """hidden [N, hidden] -> logits [N, vocab] in fp32."""
         return self.lm_head(hidden).float()
 
-    def weight_slots(self) -> dict[str, torch.Tensor]:
-        """HF tensor name -> the parameter (or the slice of it) it loads into, for every expected
-        tensor."""
-        slots: dict[str, torch.Tensor] = {}
+    def weight_slots(self) -> dict[str, list[torch.Tensor | PendingPart]]:
+        """HF tensor name -> where it loads, for every expected tensor: the parameter (or the
+        slice of it), or a part of a layer assembled at load (`Pending`). A tied embedding also
+        feeds a pending lm_head."""
+        slots: dict[str, list[torch.Tensor | PendingPart]] = {}
         for name, param in self.named_parameters(remove_duplicate=True):
-            slots.update(self._slots(name, param.data))
+            for hf, target in self._slots(name, param.data):
+                slots[hf] = [target]
+        for module_name, module in self.named_modules():
+            if not isinstance(module, Pending):
+                continue
+            for hf, rows in self._slots(f"{module_name}.weight", module.meta_weight):
+                module.expect(hf)
+                source = hf
+                if hf == "lm_head.weight" and self.config.tie_word_embeddings:
+                    source = "model.embed_tokens.weight"
+                part = PendingPart(module_name, module, hf, tuple(rows.shape))
+                slots.setdefault(source, []).append(part)
         return slots
 
     def _slots(self, name: str, data: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
@@ -251,25 +267,21 @@ class LlamaForCausalLM(nn.Module):
             return [c.num_attention_heads * c.head_dim, kv, kv]
         return [c.intermediate_size, c.intermediate_size]
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(self, weights: Iterable[tuple[str, Weight]]) -> None:
         """Copy (HF name, tensor) pairs into the parameters; strict about missing/unused names."""
         slots = self.weight_slots()
         missing = set(slots)
         unused: list[str] = []
         for name, tensor in weights:
-            target = slots.get(name)
-            if target is None:
+            targets = slots.get(name)
+            if targets is None:
                 # Tied checkpoints sometimes still carry lm_head; old ones carry RoPE buffers.
                 tied_head = name == "lm_head.weight" and self.config.tie_word_embeddings
                 if not (tied_head or name.endswith("rotary_emb.inv_freq")):
                     unused.append(name)
                 continue
-            if tuple(tensor.shape) != tuple(target.shape):
-                raise ModelLoadFailed(
-                    f"tensor {name} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}"
-                )
-            with torch.no_grad():
-                target.copy_(tensor)
+            for target in targets:
+                self._load_one(name, tensor, target)
             missing.discard(name)
         if missing or unused:
             parts = []
@@ -278,3 +290,19 @@ class LlamaForCausalLM(nn.Module):
             if unused:
                 parts.append("unused tensors: " + ", ".join(sorted(unused)))
             raise ModelLoadFailed("checkpoint does not match the model: " + "; ".join(parts))
+
+    def _load_one(self, name: str, tensor: Weight, target: torch.Tensor | PendingPart) -> None:
+        """Copy one checkpoint tensor into its slot, or hand it to its pending layer (which is
+        built and put in place once its last part is in)."""
+        if tuple(tensor.shape) != tuple(target.shape):
+            raise ModelLoadFailed(
+                f"tensor {name} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}"
+            )
+        if isinstance(target, PendingPart):
+            if target.layer.fill(target.part, tensor):
+                self.set_submodule(target.module, target.layer.build(self.device, self.dtype))
+            return
+        if isinstance(tensor, BlockTensor):  # a block-quantized tensor no quantized layer takes
+            tensor = tensor.dequantize(target.dtype)
+        with torch.no_grad():
+            target.copy_(tensor)

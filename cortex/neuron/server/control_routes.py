@@ -14,6 +14,7 @@ from aiohttp import web
 
 from cortex import __version__
 from cortex.api import openai
+from cortex.config import QUANTIZE_VALUES
 from cortex.errors import InvalidRequest
 from cortex.neuron import registry
 from cortex.neuron.engine import devices
@@ -125,9 +126,12 @@ async def load(request: web.Request) -> web.Response:
         isinstance(max_context, bool) or not isinstance(max_context, int) or max_context < 1
     ):
         raise InvalidRequest("'max_context' must be a positive integer", param="max_context")
+    quantize = body.get("quantize")
+    if quantize is not None and quantize not in QUANTIZE_VALUES:
+        raise InvalidRequest(f"'quantize' must be one of {list(QUANTIZE_VALUES)}", param="quantize")
     if dtype is not None and dtype.lower() == "auto":
         dtype = None
-    model, _ = await state.manager.load(model_id, device, dtype, max_context)
+    model, _ = await state.manager.load(model_id, device, dtype, max_context, quantize)
     return json_response(
         {
             "model": model.id,

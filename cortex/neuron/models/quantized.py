@@ -1,0 +1,287 @@
+"""Weight-only quantized layers, and the placeholder that assembles them at load.
+
+A quantized layer keeps its weight narrow on the device and multiplies it with torch's own
+weight-only kernels (no extra dependency); its forward contract is nn.Linear's (or
+nn.Embedding's), so the decoder does not know it is there.
+
+- `Int4Linear`: asymmetric 4-bit groups of 32 along the input dim, `w = (q - 8) * scale + zero`,
+  scale and zero in the compute dtype: `_weight_int4pack_mm_for_cpu` on CPU, tinygemm's
+  `_weight_int4pack_mm` on CUDA (bf16 only). GGUF's Q4_0, Q4_1 and Q4_K blocks are such groups,
+  so they load without requantizing (up to the rounding of scale and zero to the dtype).
+- `Int8Linear`: int8 rows with one scale per output channel: `_weight_int8pack_mm` on CPU, an
+  int8 -> dtype cast inside the matmul elsewhere. Q8_0, Q5_* and Q6_K (no 5-, 6- or group-scaled
+  8-bit kernel exists in torch) are requantized to it from their exact values: the error is at
+  most half a step of the row's scale (max |w| / 254).
+- `BlockEmbedding`: a GGUF embedding table kept in its ggml blocks; a lookup dequantizes only the
+  rows it gathers, so it equals the dequantized table exactly.
+
+`Pending` stands in for a layer while the model streams in: the loader fills its parts (the HF
+tensors of a fused layer) and, once the last one is in, `build` makes the real layer from them,
+so no full-precision copy of the model ever exists.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from torch import nn
+
+from cortex.errors import ModelLoadFailed
+from cortex.neuron.models.dequant import INT4_TYPES, BlockTensor, dequantize_blocks, int4_groups
+
+Scheme = Literal["int8", "int4"]
+SCHEMES: tuple[Scheme, ...] = ("int8", "int4")
+GROUP = 32  # int4 group width: GGUF's Q4 block size
+# Weight: a float tensor, or a GGUF tensor still in blocks.
+Weight = torch.Tensor | BlockTensor
+
+
+class Int4Linear(nn.Module):
+    """y = x @ W.T (+ b), W held as packed int4 groups. Build with `from_groups`."""
+
+    def __init__(
+        self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, bias: torch.Tensor | None
+    ) -> None:
+        super().__init__()
+        self.register_buffer("packed", packed)
+        self.register_buffer("scales_and_zeros", scales_and_zeros)  # [K / GROUP, N, 2]
+        self.register_buffer("bias", bias)
+        self.in_features = scales_and_zeros.shape[0] * GROUP
+        self.out_features = scales_and_zeros.shape[1]
+
+    @staticmethod
+    def fits(shape: tuple[int, int], device: torch.device, dtype: torch.dtype) -> bool:
+        """Whether the kernels take a [N, K] weight on `device` computing in `dtype`."""
+        n, k = shape
+        if k % GROUP:
+            return False
+        if device.type == "cpu":
+            return n % 16 == 0
+        # tinygemm: bf16 only, K a multiple of 16 x its inner tiles (at least 2), N of 8.
+        return device.type == "cuda" and dtype == torch.bfloat16 and n % 8 == 0 and k % 32 == 0
+
+    @classmethod
+    def from_groups(
+        cls,
+        q: torch.Tensor,
+        scale: torch.Tensor,
+        zero: torch.Tensor,
+        bias: torch.Tensor | None,
+        dtype: torch.dtype,
+    ) -> Int4Linear:
+        """q [N, K] in 0..15, scale and zero [N, K / GROUP]: `w = (q - 8) * scale + zero`."""
+        if q.device.type == "cpu":
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
+        else:
+            pairs = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)  # [N, K / 2]
+            tiles = next(t for t in (8, 4, 2) if q.shape[1] % (16 * t) == 0)
+            packed = torch.ops.aten._convert_weight_to_int4pack(pairs, tiles)
+        scales_and_zeros = torch.stack((scale, zero), dim=-1).transpose(0, 1)  # [K / GROUP, N, 2]
+        return cls(packed, scales_and_zeros.to(dtype).contiguous(), bias)
+
+    @classmethod
+    def quantize(cls, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
+        """Min/max asymmetric int4 of a float weight [N, K], per group of GROUP inputs."""
+        n, k = weight.shape
+        groups = weight.float().reshape(n, k // GROUP, GROUP)
+        low, high = groups.amin(dim=-1), groups.amax(dim=-1)  # [N, K / GROUP]
+        scale = ((high - low) / 15).clamp(min=1e-12)
+        q = ((groups - low[..., None]) / scale[..., None]).round_().clamp_(0, 15)
+        return cls.from_groups(q.to(torch.uint8).reshape(n, k), scale, low + 8 * scale, bias, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).to(self.scales_and_zeros.dtype)  # [T, K]
+        if flat.device.type == "cpu":
+            mm = torch.ops.aten._weight_int4pack_mm_for_cpu
+        else:
+            mm = torch.ops.aten._weight_int4pack_mm
+        out = mm(flat, self.packed, GROUP, self.scales_and_zeros)  # [T, N]
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+class Int8Linear(nn.Module):
+    """y = x @ (q * scale).T (+ b) with q int8 [N, K] and one scale per output channel."""
+
+    def __init__(self, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.register_buffer("q", q)
+        self.register_buffer("scales", scales)  # [N], the compute dtype
+        self.register_buffer("bias", bias)
+        self.out_features, self.in_features = q.shape
+
+    @classmethod
+    def quantize(cls, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
+        """Symmetric per-channel int8 of a float weight [N, K]: scale = max |row| / 127."""
+        weight = weight.float()
+        scales = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12)  # [N]
+        q = (weight / scales[:, None]).round_().clamp_(-127, 127).to(torch.int8)
+        return cls(q, scales.to(dtype), bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).to(self.scales.dtype)  # [T, K]
+        if flat.device.type == "cpu":
+            out = torch.ops.aten._weight_int8pack_mm(flat, self.q, self.scales)  # [T, N]
+        else:
+            out = F.linear(flat, self.q.to(flat.dtype)) * self.scales
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+class BlockEmbedding(nn.Module):
+    """An embedding table kept in ggml blocks; lookups dequantize the gathered rows."""
+
+    def __init__(self, table: BlockTensor, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.register_buffer("blocks", table.data)  # [vocab, row_bytes] uint8
+        self.qtype = table.qtype
+        self.dtype = dtype
+        self.num_embeddings, self.embedding_dim = table.shape
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return dequantize_blocks(self.blocks[ids], self.qtype, self.dtype)  # [..., hidden]
+
+
+class Pending(nn.Module):
+    """A linear or embedding layer whose weight is still arriving, in parts (HF names, in row
+    order); `build` turns the complete parts into the real layer. Its bias, if any, is a plain
+    parameter that loads as usual."""
+
+    def __init__(self, layer: nn.Linear | nn.Embedding, quantize: Scheme | None) -> None:
+        super().__init__()
+        self.embedding = isinstance(layer, nn.Embedding)
+        self.shape = tuple(layer.weight.shape)
+        self.bias = getattr(layer, "bias", None)
+        self.quantize = quantize
+        self.parts: dict[str, Weight | None] = {}
+
+    @property
+    def meta_weight(self) -> torch.Tensor:
+        """A storage-less stand-in of the weight, to name and size its parts."""
+        return torch.empty(self.shape, device="meta")
+
+    def expect(self, name: str) -> None:
+        """Declare part `name` (in row order)."""
+        self.parts[name] = None
+
+    def fill(self, name: str, weight: Weight) -> bool:
+        """Take part `name`; True once every part is in."""
+        self.parts[name] = weight
+        return all(p is not None for p in self.parts.values())
+
+    def plan(self, kinds: list[GGMLQuantizationType | None], device: torch.device, dtype) -> str:
+        """What `build` makes of parts of these kinds (a GGUF block type, or None for floats):
+        "blocks" (a `BlockEmbedding`), "int4", "int8" or "float"."""
+        blocks = [k for k in kinds if k is not None]
+        if self.embedding:
+            return "blocks" if len(kinds) == 1 and blocks else "float"
+        scheme = self.quantize
+        if blocks:  # GGUF blocks choose: int4 where every part is a Q4 type, else int8
+            scheme = "int4" if all(k in INT4_TYPES for k in kinds) else "int8"
+        if scheme == "int4" and not Int4Linear.fits(self.shape, device, dtype):
+            scheme = "int8"
+        return scheme or "float"
+
+    def planned_bytes(self, kinds: list[GGMLQuantizationType | None], device, dtype) -> int:
+        """Bytes the weight `build` makes takes (the bias is a parameter, counted apart)."""
+        n, k = self.shape
+        size = dtype.itemsize
+        plan = self.plan(kinds, device, dtype)
+        if plan == "blocks":
+            block, type_size = GGML_QUANT_SIZES[kinds[0]]
+            return n * k // block * type_size
+        if plan == "int4":
+            return n * k // 2 + k // GROUP * n * 2 * size
+        if plan == "int8":
+            return n * k + n * size
+        return n * k * size
+
+    def build(self, device: torch.device, dtype: torch.dtype) -> nn.Module:
+        """The layer the complete parts make (see the module docstring for which)."""
+        parts: list[Weight] = list(self.parts.values())  # type: ignore[arg-type]
+        self.parts = {}
+        kinds = [p.qtype if isinstance(p, BlockTensor) else None for p in parts]
+        plan = self.plan(kinds, device, dtype)
+        bias = None if self.bias is None else self.bias.detach()
+        if plan == "blocks":
+            return BlockEmbedding(parts[0], dtype)  # type: ignore[arg-type]
+        if plan == "int4" and all(k is not None for k in kinds):  # Q4 blocks: no requantizing
+            groups = zip(*(int4_groups(p) for p in parts), strict=True)  # type: ignore[arg-type]
+            q, scale, zero = (torch.cat(g) for g in groups)
+            return Int4Linear.from_groups(q, scale, zero, bias, dtype)
+        weight = _values(parts, dtype if plan == "float" else torch.float32)  # [N, K]
+        if plan == "int4":
+            return Int4Linear.quantize(weight, bias, dtype)
+        if plan == "int8":
+            return Int8Linear.quantize(weight, bias, dtype)
+        if self.embedding:
+            return _embedding(weight, dtype)
+        linear = nn.Linear(self.shape[1], self.shape[0], bias=bias is not None, device="meta")
+        linear.weight = nn.Parameter(weight, requires_grad=False)
+        linear.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        return linear
+
+
+class PendingPart(NamedTuple):
+    """Where one checkpoint tensor goes: part `part` (its HF name) of the `Pending` layer at
+    `module`, of `shape`."""
+
+    module: str
+    layer: Pending
+    part: str
+    shape: tuple[int, ...]
+
+
+def _values(parts: list[Weight], dtype: torch.dtype) -> torch.Tensor:
+    """The parts' values stacked by rows, in `dtype`."""
+    values = [p.dequantize(dtype) if isinstance(p, BlockTensor) else p.to(dtype) for p in parts]
+    return values[0] if len(values) == 1 else torch.cat(values)
+
+
+def _embedding(weight: torch.Tensor, dtype: torch.dtype) -> nn.Embedding:
+    table = nn.Embedding(*weight.shape, device="meta", dtype=dtype)
+    table.weight = nn.Parameter(weight, requires_grad=False)
+    return table
+
+
+def quantizable(name: str, module: nn.Module) -> bool:
+    """Linear layers that may be quantized: all but a MoE router (it runs in fp32 to choose)."""
+    return isinstance(module, nn.Linear) and not name.endswith("mlp.gate")
+
+
+def check_scheme(value: str | None) -> Scheme | None:
+    """`quantize` as users give it: "int8", "int4", or None / "none"."""
+    if value is None or value.lower() == "none":
+        return None
+    if value.lower() not in SCHEMES:
+        raise ModelLoadFailed(f"unsupported quantize {value!r}; use int8, int4 or none")
+    return value.lower()  # type: ignore[return-value]
+
+
+def planned_bytes(
+    model: nn.Module,
+    kinds: dict[str, GGMLQuantizationType | None],
+    device: torch.device,
+) -> int:
+    """Bytes a model built with `Pending` layers (on the meta device: nothing allocated) will
+    hold once loaded from tensors of these kinds (HF name -> GGUF block type, None for floats).
+    """
+    total = resident_bytes(model)  # its plain parameters, biases of pending layers included
+    parts: dict[int, tuple[Pending, list[GGMLQuantizationType | None]]] = {}
+    for source, targets in model.weight_slots().items():
+        for target in targets:
+            if isinstance(target, PendingPart):
+                layer = parts.setdefault(id(target.layer), (target.layer, []))
+                layer[1].append(kinds.get(source))
+    dtype = model.dtype
+    return total + sum(layer.planned_bytes(k, device, dtype) for layer, k in parts.values())
+
+
+def resident_bytes(model: nn.Module) -> int:
+    """Bytes the model's parameters and weight buffers hold (shared tensors counted once)."""
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
