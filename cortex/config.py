@@ -58,7 +58,12 @@ class GatewaySection:
     poll_interval: Duration = Duration(2.0)
     down_after_failures: int = 3
     stream_read_timeout: Duration = Duration(300.0)
+    stall_timeout: Duration = Duration(5.0)
     max_body_bytes: ByteSize = ByteSize(64 * 2**20)
+    idle_timeout: Duration = Duration(15.0)
+    body_timeout: Duration = Duration(60.0)
+    max_connections: int = 4096
+    metrics_auth: bool = False
 
 
 @dataclass
@@ -123,6 +128,9 @@ class NeuronSection:
     hub_download: bool = False
     max_body_bytes: ByteSize = ByteSize(32 * 2**20)
     drain_timeout: Duration = Duration(30.0)
+    idle_timeout: Duration = Duration(15.0)
+    body_timeout: Duration = Duration(60.0)
+    max_connections: int = 4096
 
 
 @dataclass(frozen=True)

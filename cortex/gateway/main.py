@@ -28,13 +28,13 @@ from cortex.config import (
     find_config,
     load_cortex_config,
     parse_listen,
-    split_listen,
 )
 from cortex.errors import ConfigError
-from cortex.gateway.app import create_app
+from cortex.gateway.app import create_app, metrics_app, render_error
 from cortex.gateway.local_neuron import LocalNeuron
 from cortex.gateway.state import GATEWAY
 from cortex.process import run, setup_logging
+from cortex.web import ServerLimits, listen, make_runner
 
 log = logging.getLogger("cortex.gateway")
 
@@ -105,27 +105,20 @@ def run_serve(
     return run(_serve(config, single_host, [os.path.abspath(d) for d in models_dirs]))
 
 
-async def _site(runner: web.AppRunner, address: str) -> None:
-    host, port = split_listen(address)
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {address}: {exc.strerror}") from None
-
-
 async def _serve(config: CortexConfig, single_host: bool, models_dirs: list[str]) -> int:
     child = await LocalNeuron.start(models_dirs) if single_host else None
     if child is not None:
         config.neurons.append(NeuronEntry(name="local", endpoint=child.url))
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=5)
+    limits = ServerLimits.of(config.gateway)
+    runner = make_runner(app, limits, shutdown_timeout=5)
     metrics_runner: web.AppRunner | None = None
     try:
         await runner.setup()
-        await _site(runner, config.gateway.listen)
-        metrics_runner = web.AppRunner(app[GATEWAY].metrics.app(), access_log=None)
+        await listen(runner, config.gateway.listen, render_error)
+        metrics_runner = make_runner(metrics_app(config, app[GATEWAY]), limits)
         await metrics_runner.setup()
-        await _site(metrics_runner, config.gateway.metrics_listen)
+        await listen(metrics_runner, config.gateway.metrics_listen)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

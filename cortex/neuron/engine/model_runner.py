@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -36,6 +36,9 @@ class SampledTokens:
     token_ids: list[int]
     logprobs: list[float] | None = None
     top_logprobs: list[list[tuple[int, float]]] | None = None
+    #: Rows (indexes into `batch.sampling`) whose sampling failed alone, with why; their
+    #: `token_ids` entries are placeholders.
+    failed: dict[int, str] = field(default_factory=dict)
 
 
 def plan_kv_cache(
@@ -132,10 +135,39 @@ class ModelRunner:
             return SampledTokens([])
         rows = hidden if last_rows is None else hidden[last_rows]
         logits = self.model.compute_logits(rows)
-        sampling = self._sampling_batch(batch.sampling)
-        result = self.sampler.sample(logits, sampling)
+        params = [s.params for s in batch.sampling]
+        try:
+            sampling = self._sampling_batch(batch.sampling)
+            result = self.sampler.sample(logits, sampling)
+        except Exception:
+            # One request's settings can break the batch's sampling (a value a tensor cannot
+            # hold): sample row by row so only that request fails and the others go on.
+            log.exception("sampling a batch of %d failed; isolating rows", len(params))
+            self._sampling = None
+            return self._sample_rows(logits, batch.sampling)
         sampling.observe(result.token_ids)  # penalty counts follow the histories
-        return self._to_host(result, [s.params for s in batch.sampling])
+        return self._to_host(result, params)
+
+    def _sample_rows(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampledTokens:
+        """Sample each row alone; a row that fails is reported in `failed`, not raised."""
+        out = SampledTokens([], [], [])
+        for i, seq in enumerate(seqs):
+            try:
+                row = SamplingBatch.build(
+                    [seq.params],
+                    [seq.token_ids],
+                    [self._generator(seq.seq_id, seq.params.seed)],
+                    self.device,
+                    prompt_lens=[seq.num_prompt_tokens],
+                )
+                one = self._to_host(self.sampler.sample(logits[i : i + 1], row), [seq.params])
+            except Exception as exc:
+                out.failed[i] = f"{type(exc).__name__}: {exc}"
+                one = SampledTokens([0], [0.0], [[]])
+            out.token_ids += one.token_ids
+            out.logprobs += one.logprobs or [0.0]
+            out.top_logprobs += one.top_logprobs or [[]]
+        return out
 
     def _sampling_batch(self, seqs: list[Sequence]) -> SamplingBatch:
         """The step's SamplingBatch, reused while the same sequences sample.

@@ -42,6 +42,8 @@ class StepOutput:
     `token_ids` excludes the token that matched a stop/EOS id (it is never text). With
     `logprobs` asked for, `logprobs[i]` is the log-probability of `token_ids[i]` and
     `top_logprobs[i]` the `(token_id, logprob)` pairs of the most likely alternatives.
+    `error` says why a request failed alone in a step (finish_reason "abort"); the others of
+    its batch went on.
     """
 
     token_ids: list[int]
@@ -50,3 +52,4 @@ class StepOutput:
     cached_tokens: int = 0
     logprobs: list[float] | None = None
     top_logprobs: list[list[tuple[int, float]]] | None = field(default=None)
+    error: str | None = None

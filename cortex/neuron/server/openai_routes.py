@@ -25,7 +25,7 @@ from cortex.api.openai import GenerationRequest
 from cortex.errors import CortexError
 from cortex.neuron.generation import Generation, Piece
 from cortex.neuron.server.state import STATE
-from cortex.neuron.text.prompts import build_prompt
+from cortex.neuron.text.prompts import build_prompt, check_prompt_size
 from cortex.web import json_response, read_object, start_sse
 
 log = logging.getLogger("cortex.neuron")
@@ -60,6 +60,7 @@ def _client_gone(request: web.Request) -> bool:
 async def _generate(request: web.Request, req: GenerationRequest) -> web.StreamResponse:
     state = request.app[STATE]
     model = state.manager.get(req.model)
+    check_prompt_size(model.tokenizer, req, model.max_context)
     prompt_ids = await asyncio.to_thread(build_prompt, model.tokenizer, req)
     gen = Generation(model, req, prompt_ids, state.metrics)
     rid, created = openai.new_id(req.kind), openai.now()
