@@ -62,9 +62,9 @@ async def messages(request: web.Request) -> web.StreamResponse:
     await _open(px, chat, stream=False)
     async with px:
         try:
-            answer = orjson.loads(await px.response.read())
-        except (*_UPSTREAM_BROKE, orjson.JSONDecodeError) as exc:
-            raise UpstreamError(f"neuron {px.neuron} broke off its answer: {exc}") from exc
+            answer = orjson.loads(await px.read())
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamError(f"neuron {px.neuron} answered something else than JSON") from exc
     if not isinstance(answer, dict):
         raise UpstreamError(f"neuron {px.neuron} answered something else than a completion")
     px.note_usage(answer.get("usage"))

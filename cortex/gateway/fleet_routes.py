@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cortex.errors import InvalidRequest, ModelNotFound, NotFound
+from cortex.errors import InvalidRequest, ModelNotFound, NotFound, quoted
 from cortex.gateway.catalogue import catalogue, locations
 from cortex.gateway.state import GATEWAY, MODEL, NEURON, Gateway
 from cortex.web import json_response, read_object
@@ -67,7 +67,7 @@ async def _target(request: web.Request) -> tuple[Gateway, dict[str, Any], str, s
     if neuron is not None and not isinstance(neuron, str):
         raise InvalidRequest("'neuron' must be a string", param="neuron")
     if neuron and gw.fleet.get(neuron) is None:
-        raise NotFound(f"no neuron named {neuron!r}")
+        raise NotFound(f"no neuron named {quoted(neuron)}")
     model = gw.models.resolve(model)
     request[MODEL] = model
     if neuron:
@@ -95,7 +95,7 @@ async def unload(request: web.Request) -> web.Response:
     """`POST /fleet/unload`."""
     gw, _, model, neuron = await _target(request)
     if gw.pins.is_pinned(model, neuron):
-        raise InvalidRequest(f"model {model!r} is pinned: unpin it first", param="model")
+        raise InvalidRequest(f"model {quoted(model)} is pinned: unpin it first", param="model")
     targets = [
         (n, n.models[model])
         for n in gw.fleet
@@ -105,7 +105,7 @@ async def unload(request: web.Request) -> web.Response:
     ]
     if not targets:
         where = f" on {neuron}" if neuron else ""
-        raise ModelNotFound(f"model {model!r} is not loaded{where}", param="model")
+        raise ModelNotFound(f"model {quoted(model)} is not loaded{where}", param="model")
     for n, place in targets:
         await gw.router.unload(n, place)
     names = [n.name for n, _ in targets]

@@ -186,7 +186,8 @@ async def test_neuron_killed_mid_stream_and_back(real, models_dir):
                 await r.content.readline()
                 os.kill(victim.proc.pid, signal.SIGKILL)
                 events = await read_events(r)
-            error = events[-1].json()["error"]
+            assert events[-1].done
+            error = events[-2].json()["error"]
             assert error["code"] == "upstream_error"
             await g.settle(lambda: not g.gw.fleet.get("victim").up, 10)
             assert (await complete(g, "s2"))["choices"][0]["text"]

@@ -173,13 +173,13 @@ class Tokenizer:
         """The id of one token's text, or None when the vocabulary lacks it."""
         return self.hf.token_to_id(token)
 
-    @property
     @functools.cached_property
     def max_token_chars(self) -> int:
         """The most characters one token can stand for: the longest vocabulary entry (a
         byte-level entry spells one byte per character, so it never undercounts)."""
         return max((len(t) for t in self.hf.get_vocab(with_added_tokens=True)), default=1) or 1
 
+    @property
     def has_chat_template(self) -> bool:
         """Whether `render_chat` can be used."""
         return bool(self.chat_template)
