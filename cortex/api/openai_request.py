@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from cortex.api.limits import bounded, is_token, number, token_ids
+from cortex.api.limits import DEFAULT_MAX_TOKENS, bounded, is_token, number, token_ids
 from cortex.errors import ContextLengthExceeded, InvalidRequest
 
 BUILTIN_SAMPLING: dict[str, float | int] = {
@@ -234,7 +234,7 @@ def resolve_sampling(
     if prompt_tokens > max_context:
         raise ContextLengthExceeded(prompt_tokens, max_context)
     room = max_context - prompt_tokens
-    wanted = req.max_tokens or defaults.get("max_tokens") or room
+    wanted = req.max_tokens or defaults.get("max_tokens") or DEFAULT_MAX_TOKENS
     fields: dict[str, Any] = {"max_tokens": max(0, min(int(wanted), room))}
     greedy_default = defaults.get("do_sample") is False
     for key, builtin in BUILTIN_SAMPLING.items():

@@ -6,8 +6,8 @@ then the user config dir; flags override the file (`--listen`, `--metrics-listen
 
 Single-host mode (`--local`, and the default when there is no config file and no `--neuron`):
 a `cortex neuron` child on a free loopback port, registered as neuron `local` (see
-local_neuron.py). Logs go to stderr (`$CORTEX_LOG_LEVEL`, default INFO). SIGTERM/SIGINT stop the
-gateway: listeners close, background tasks stop, the local neuron (if any) is stopped.
+local_neuron.py). Logs go to stderr (`$CORTEX_LOG_LEVEL`, default INFO). SIGTERM/SIGINT/SIGHUP
+stop the gateway: listeners close, background tasks stop, the local neuron (if any) is stopped.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from aiohttp import web
 from yarl import URL
@@ -61,14 +62,29 @@ def _first_run_message(models_dirs: list[str]) -> str:
         "cortex: running single-host: starting a local neuron on loopback.\n"
         f"cortex: models are found in: {dirs}, and the Hugging Face cache "
         "(~/.cache/huggingface/hub).\n"
-        "cortex: to add a model, put its Hugging Face directory (config.json, *.safetensors, "
-        "tokenizer files) or a .gguf file under a models dir, e.g. "
-        "`cortex serve --models-dir ./models`;\n"
-        "cortex: to get a small demo model (SmolLM2-135M-Instruct) there: "
-        "`cortex fetch-demo --models-dir ./models`;\n"
-        "cortex: to serve a fleet, write cortex.toml with [[neurons]] entries (or pass "
+        + (
+            ""
+            if _has_models(models_dirs)
+            else "cortex: to add a model, put its Hugging Face directory (config.json, "
+            "*.safetensors, tokenizer files) or a .gguf file under a models dir, e.g. "
+            "`cortex serve --models-dir ./models`;\n"
+            "cortex: to get a small demo model (SmolLM2-135M-Instruct) there: "
+            "`cortex fetch-demo --models-dir ./models`;\n"
+        )
+        + "cortex: to serve a fleet, write cortex.toml with [[neurons]] entries (or pass "
         "--neuron URL)."
     )
+
+
+def _has_models(models_dirs: list[str]) -> bool:
+    """Whether a models dir already holds something that looks like a model (then the
+    first-run hints about adding one are noise)."""
+    for directory in models_dirs:
+        root = Path(directory)
+        for pattern in ("*.gguf", "*/*.gguf", "*/config.json", "*/*/config.json"):
+            if next(root.glob(pattern), None) is not None:
+                return True
+    return False
 
 
 def run_serve(
@@ -121,7 +137,8 @@ async def _serve(config: CortexConfig, single_host: bool, models_dirs: list[str]
         await listen(metrics_runner, config.gateway.metrics_listen)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # SIGHUP too (the terminal closed): stop cleanly so the local neuron goes with us.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, stop.set)
         fleet = app[GATEWAY].fleet
         log.info(

@@ -36,6 +36,7 @@ from cortex.errors import (
     printable,
     quoted,
 )
+from cortex.gateway.catalogue import suggest
 from cortex.gateway.evictor import Plan, plan_placement
 from cortex.gateway.fleet import Fleet, Neuron, Placement
 from cortex.gateway.metrics import Metrics
@@ -180,8 +181,9 @@ class Router:
         ]
         if not out:
             if entry is None and not self.fleet.known(model_id):
+                hint = suggest(model_id, self.fleet, self.models)
                 raise ModelNotFound(
-                    f"model {quoted(model_id)} not found on any neuron", param="model"
+                    f"model {quoted(model_id)} not found on any neuron{hint}", param="model"
                 )
             where = f"neuron {quoted(neuron)}" if neuron else "healthy neuron"
             raise Unavailable(f"no {where} can load model {quoted(model_id)} now", retry_after=10)
