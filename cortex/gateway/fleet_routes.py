@@ -18,8 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from cortex.errors import Conflict, InvalidRequest, ModelNotFound, NotFound, quoted
-from cortex.gateway.catalogue import suggest
-from cortex.gateway.catalogue import catalogue, locations
+from cortex.gateway.catalogue import catalogue, locations, suggest
 from cortex.gateway.state import GATEWAY, MODEL, NEURON, Gateway
 from cortex.web import json_response, read_object
 
