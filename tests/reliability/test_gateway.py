@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -161,3 +162,24 @@ def test_stalled_neuron_is_detected_in_seconds(models_dir, tmp_path):
         finally:
             os.kill(victim.proc.pid, signal.SIGCONT)
             gw.stop()
+
+
+@pytest.mark.slow
+def test_local_neuron_goes_when_the_gateway_is_killed(models_dir):
+    """Point 11: SIGKILL of `cortex serve` orphaned its local neuron, which kept listening."""
+    gw = start_gateway(None, ["--models-dir", str(models_dir)])
+    try:
+        pid = gw.proc.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        assert len(children) == 1
+        child = int(children[0])
+        os.kill(pid, signal.SIGKILL)
+        gw.proc.wait(10)
+        wait_until(lambda: not Path(f"/proc/{child}").exists() or _zombie(child), 45)
+    finally:
+        gw.stop()
+
+
+def _zombie(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return "\nState:\tZ" in status
