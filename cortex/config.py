@@ -58,12 +58,17 @@ class GatewaySection:
     poll_interval: Duration = Duration(2.0)
     down_after_failures: int = 3
     stream_read_timeout: Duration = Duration(300.0)
+    stall_timeout: Duration = Duration(5.0)
     max_body_bytes: ByteSize = ByteSize(64 * 2**20)
     #: Where the gateway keeps its state (the Responses API's stored responses); None: systemd's
     #: $STATE_DIRECTORY, else the platformdirs user state dir (see `gateway_state_dir`).
     state_dir: ResolvedPath | None = None
     #: How long stored responses (`store: true`) are kept; "0": forever.
     response_retention: Duration = Duration(30 * 86400)
+    idle_timeout: Duration = Duration(15.0)
+    body_timeout: Duration = Duration(60.0)
+    max_connections: int = 4096
+    metrics_auth: bool = False
 
 
 @dataclass
@@ -133,6 +138,9 @@ class NeuronSection:
     hub_download: bool = False
     max_body_bytes: ByteSize = ByteSize(32 * 2**20)
     drain_timeout: Duration = Duration(30.0)
+    idle_timeout: Duration = Duration(15.0)
+    body_timeout: Duration = Duration(60.0)
+    max_connections: int = 4096
 
 
 @dataclass(frozen=True)

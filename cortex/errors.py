@@ -11,6 +11,26 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+# How much of a client's string (a model id, a header) an error message or a log line shows.
+SHOWN_CHARS = 200
+
+
+def printable(value: object, limit: int = SHOWN_CHARS) -> str:
+    """`value` as one printable line for logs and error messages: control characters and
+    non-ASCII escaped (a client cannot forge a log line or hide text), at most `limit`
+    characters of it, with the original length when cut."""
+    text = value if isinstance(value, str) else str(value)
+    shown = text[:limit].encode("unicode_escape").decode("ascii")
+    if len(text) > limit:
+        shown += f"...({len(text)} chars)"
+    return shown
+
+
+def quoted(value: object, limit: int = SHOWN_CHARS) -> str:
+    """`printable(value)` in single quotes, for a name inside a message."""
+    return f"'{printable(value, limit)}'"
+
+
 # CLI exit codes (README: "The CLI").
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -94,6 +114,21 @@ class ModelNotFound(CortexError):
     code = "model_not_found"
     openai_type = "invalid_request_error"
     anthropic_type = "not_found_error"
+    exit_code = EXIT_FAILED
+
+
+class RequestTimeout(InvalidRequest):
+    status = 408
+    code = "request_timeout"
+
+
+class Conflict(CortexError):
+    """The request contradicts the current state (unloading a pinned model)."""
+
+    status = 409
+    code = "conflict"
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
     exit_code = EXIT_FAILED
 
 

@@ -20,6 +20,7 @@ import secrets
 from typing import Any
 
 from cortex.api import tool_calls
+from cortex.api.limits import check_sampling
 from cortex.errors import CortexError, InvalidRequest, UpstreamError
 
 # Claude Code puts a per-conversation attribution line first in `system`; it changes between
@@ -80,6 +81,11 @@ def check_request(body: Any, *, count_tokens: bool = False) -> dict[str, Any]:
     for key in ("tools", "stop_sequences"):
         if body.get(key) is not None and not isinstance(body[key], list):
             raise InvalidRequest(f"{key}: Input should be a valid list", param=key)
+    for key in ("metadata", "thinking", "tool_choice", "output_config"):
+        if body.get(key) is not None and not isinstance(body[key], dict):
+            raise InvalidRequest(f"{key}: Input should be a valid dictionary", param=key)
+    # The same bounds as the OpenAI routes (cortex.api.limits): refused here, in this dialect.
+    check_sampling({k: body.get(k) for k in ("temperature", "top_p", "top_k")})
     return body
 
 

@@ -1,6 +1,7 @@
 """The numeric bounds of every sampling field: the one place they are defined and checked.
 
-HTTP requests (openai_request.py, and through it the Anthropic and Responses translations) and
+HTTP requests (openai_request.py; the Anthropic route checks its own sampling fields with
+`check_sampling` too, and the Responses API inherits these bounds through the same functions) and
 the engine's `SamplingParams` both check with these functions, so a value the engine cannot hold
 (a seed past 64 bits, `top_k: 1e308`, an infinite temperature) is a 400 naming the field, never
 an overflow inside a batch step that would fail every request batched with it.
@@ -23,6 +24,12 @@ MAX_CHOICES = 64  # a legacy completion's prompts times n: the sequences one req
 MAX_TOP_LOGPROBS = 20
 MAX_LOGIT_BIAS_ENTRIES = 1024  # a sparse bias: beyond this, a mask belongs in a grammar
 LOGIT_BIAS = 100.0  # OpenAI's range: a bias is in [-100, 100]
+
+# `max_tokens` when neither the request nor the model's generation_config gives one (still
+# clamped to the room the prompt leaves): a small model that loops must not fill a whole 8k
+# context before answering, as it did with "the remaining context" as the default. Ollama
+# and llama.cpp's server bound their defaults the same way.
+DEFAULT_MAX_TOKENS = 2048
 
 
 class Bound(NamedTuple):

@@ -32,7 +32,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from cortex.api.limits import MAX_CHOICES, bounded, is_token, logit_bias, number, token_ids
+from cortex.api.limits import (
+    DEFAULT_MAX_TOKENS,
+    MAX_CHOICES,
+    bounded,
+    is_token,
+    logit_bias,
+    number,
+    token_ids,
+)
 from cortex.errors import ContextLengthExceeded, InvalidRequest
 
 BUILTIN_SAMPLING: dict[str, float | int] = {
@@ -315,7 +323,7 @@ def resolve_sampling(
     room = max_context - prompt_tokens
     wanted = req.max_tokens
     if wanted is None:
-        wanted = defaults.get("max_tokens") or room
+        wanted = defaults.get("max_tokens") or DEFAULT_MAX_TOKENS
     fields: dict[str, Any] = {"max_tokens": max(0, min(int(wanted), room))}
     greedy_default = defaults.get("do_sample") is False
     for key, builtin in BUILTIN_SAMPLING.items():

@@ -122,8 +122,16 @@ def _text_only(content: Any, where: str) -> str:
     for j, block in enumerate(content):
         if not isinstance(block, dict) or block.get("type") != "text":
             raise InvalidRequest(f"{where}.{j}: only text blocks are allowed here")
-        texts.append(str(block.get("text", "")))
+        texts.append(_text(block, f"{where}.{j}"))
     return _JOIN.join(texts)
+
+
+def _text(block: dict[str, Any], where: str, key: str = "text") -> str:
+    """The string a text (or thinking) block carries; 400 naming the field otherwise."""
+    text = block.get(key, "")
+    if not isinstance(text, str):
+        raise InvalidRequest(f"{where}.{key}: Input should be a valid string")
+    return text
 
 
 def _user(content: Any, where: str) -> list[dict[str, Any]]:
@@ -158,8 +166,10 @@ def _part(block: Any, where: str) -> dict[str, Any]:
     """One OpenAI content part for a user text, image or plain-text document block."""
     kind = block.get("type") if isinstance(block, dict) else None
     if kind == "text":
-        return {"type": "text", "text": str(block.get("text", ""))}
+        return {"type": "text", "text": _text(block, where)}
     source = (block.get("source") or {}) if kind in ("image", "document") else {}
+    if not isinstance(source, dict):
+        raise InvalidRequest(f"{where}.source: Input should be a valid dictionary")
     if kind == "image" and source.get("type") == "base64":
         url = f"data:{source.get('media_type', 'image/png')};base64,{source.get('data', '')}"
         return {"type": "image_url", "image_url": {"url": url}}
@@ -201,11 +211,16 @@ def _assistant(content: Any, where: str) -> dict[str, Any]:
     for j, block in enumerate(content):
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            texts.append(str(block.get("text", "")))
+            texts.append(_text(block, f"{where}.content.{j}"))
         elif kind == "thinking":
-            reasoning.append(str(block.get("thinking", "")))
+            reasoning.append(_text(block, f"{where}.content.{j}", "thinking"))
         elif kind == "tool_use":
-            arguments = json.dumps(block.get("input") or {}, ensure_ascii=False)
+            tool_input = block.get("input")
+            if tool_input is not None and not isinstance(tool_input, dict):
+                raise InvalidRequest(
+                    f"{where}.content.{j}.input: Input should be a valid dictionary"
+                )
+            arguments = json.dumps(tool_input or {}, ensure_ascii=False)
             function = {"name": str(block.get("name", "")), "arguments": arguments}
             calls.append({"id": str(block.get("id", "")), "type": "function", "function": function})
         elif kind != "redacted_thinking":
@@ -227,7 +242,10 @@ def _tool(tool: Any, i: int) -> dict[str, Any]:
             "with an input_schema",
             param="tools",
         )
-    schema = dict(tool.get("input_schema") or {"type": "object", "properties": {}})
+    schema = tool.get("input_schema") or {"type": "object", "properties": {}}
+    if not isinstance(schema, dict):
+        raise InvalidRequest(f"tools.{i}.input_schema: Input should be a valid dictionary")
+    schema = dict(schema)
     schema.pop("$schema", None)
     function: dict[str, Any] = {"name": tool["name"]}
     if tool.get("description"):
@@ -261,7 +279,11 @@ def _response_format(body: dict[str, Any]) -> dict[str, Any] | None:
     fmt = (body.get("output_config") or {}).get("format") or body.get("output_format")
     if not fmt:
         return None
-    if fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+    if (
+        not isinstance(fmt, dict)
+        or fmt.get("type") != "json_schema"
+        or not isinstance(fmt.get("schema"), dict)
+    ):
         raise InvalidRequest("output_config.format: only json_schema is supported")
     schema = {"name": "output", "schema": fmt["schema"], "strict": True}
     return {"type": "json_schema", "json_schema": schema}

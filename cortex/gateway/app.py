@@ -9,7 +9,9 @@ every other route in the OpenAI one; `render_error` is the one place that decide
 has already started a streaming answer reports errors in-band itself.
 
 Auth: with `[gateway] api_keys` set, every route but `GET /health` and `HEAD /` needs one of the
-keys, as `Authorization: Bearer <key>` or `x-api-key: <key>`.
+keys, as `Authorization: Bearer <key>` or `x-api-key: <key>`. The metrics port is open unless
+`metrics_auth = true`, which asks the same keys there (Prometheus: `authorization` in its
+scrape config).
 """
 
 from __future__ import annotations
@@ -83,12 +85,22 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
         await gateway.close()
 
 
+API_KEY_MESSAGE = "missing or invalid API key (Authorization: Bearer or x-api-key)"
+
+
+def metrics_app(config: CortexConfig, gateway: Gateway) -> web.Application:
+    """The metrics port's app: `/metrics`, behind the API keys when `metrics_auth` is set."""
+    middlewares = [error_middleware()]
+    if config.gateway.metrics_auth and config.gateway.api_keys:
+        middlewares.append(key_auth(config.gateway.api_keys, (), API_KEY_MESSAGE))
+    return gateway.metrics.app(middlewares)
+
+
 def create_app(config: CortexConfig) -> web.Application:
     """The gateway app for `config` (neurons, models.toml, keys); started by its runner."""
     middlewares = [_arrival, error_middleware(render_error, _observe)]
     if config.gateway.api_keys:
-        message = "missing or invalid API key (Authorization: Bearer or x-api-key)"
-        middlewares.append(key_auth(config.gateway.api_keys, OPEN_PATHS, message))
+        middlewares.append(key_auth(config.gateway.api_keys, OPEN_PATHS, API_KEY_MESSAGE))
     app = web.Application(
         middlewares=middlewares, client_max_size=int(config.gateway.max_body_bytes)
     )

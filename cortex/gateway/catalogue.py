@@ -11,13 +11,33 @@ reported them. Models on a down neuron are left out unless models.toml names the
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from cortex.config import ModelsConfig
+from cortex.errors import quoted
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.pins import Pins
 
 CREATED = 1_700_000_000  # a fixed `created`: the catalogue is not a history
+
+
+def known_names(fleet: Fleet, models: ModelsConfig) -> set[str]:
+    """Every model name a client may use: what neurons have, models.toml entries, aliases."""
+    names = {m for n in fleet for m in n.models}
+    names |= {m.id for m in models.models} | set(models.aliases)
+    return names
+
+
+def suggest(name: str, fleet: Fleet, models: ModelsConfig) -> str:
+    """`"; did you mean 'X'?"` for the known model names closest to a misspelt `name` (case
+    ignored), else ""."""
+    names = sorted(known_names(fleet, models))
+    lowered = {n.lower(): n for n in names}
+    close = difflib.get_close_matches(name[:200].lower(), list(lowered), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return "; did you mean " + " or ".join(quoted(lowered[c]) for c in close) + "?"
 
 
 def locations(fleet: Fleet, model_id: str) -> list[dict[str, str]]:

@@ -69,9 +69,9 @@ async def read_completion(px: ProxiedRequest) -> dict[str, Any]:
     """The neuron's whole chat completion (after `open`), its usage counted."""
     async with px:
         try:
-            answer = orjson.loads(await px.response.read())
-        except (*UPSTREAM_BROKE, orjson.JSONDecodeError) as exc:
-            raise UpstreamError(f"neuron {px.neuron} broke off its answer: {exc}") from exc
+            answer = orjson.loads(await px.read())
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamError(f"neuron {px.neuron} answered something else than JSON") from exc
     if not isinstance(answer, dict):
         raise UpstreamError(f"neuron {px.neuron} answered something else than a completion")
     px.note_usage(answer.get("usage"))

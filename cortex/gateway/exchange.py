@@ -15,8 +15,18 @@ same way for all of them.
         error = px.broken(why)            # the neuron broke off mid-stream: counted, re-polled
         px.client_gone()                  # the client left: counted, connection dropped
 
-`on_wait` is awaited when a cold load starts and every second while it runs (only then), e.g.
-to prepare a streaming response and send keep-alives.
+`on_wait` is awaited when a cold load has run for a second and every second after (only
+then), e.g. to prepare a streaming response and send keep-alives; a request no neuron can take
+fails before that, as a plain HTTP error.
+
+Timeouts and stalls (README: "Timeouts"): a stream from a cortex neuron that sends no byte (not
+even its half-second heartbeat) for `stall_timeout` is stalled: before its first byte it is
+retried on another neuron, after it the client's stream ends with an error event. A
+non-streaming answer has no read timeout (the neuron sends nothing until it is done, however
+long that takes); instead the wait for it (`open`, then `read`) ends when a poll of that neuron
+fails (no `/health` answer within `stall_timeout`, see poller.py), and is retried or ends with
+a clear 502. Either way, and when the client goes away (the handler is cancelled), the
+upstream connection is closed, which cancels the generation on the neuron at once.
 
 A neuron that refuses the connection, breaks it or answers 503 before the first byte is retried
 on another neuron (up to `MAX_ATTEMPTS` in all); one that no longer has a model the gateway
@@ -30,22 +40,31 @@ arrival to headers, minus cold-load waiting and the neuron's time.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import re
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Mapping
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
 from aiohttp import web
 
 from cortex.errors import CortexError, Unavailable, UpstreamError
+from cortex.gateway.fleet import Neuron
 from cortex.gateway.neuron_client import error_from_response
 from cortex.gateway.router import OnWait, Route
 from cortex.gateway.state import ARRIVED, GATEWAY, MODEL, NEURON
 
 MAX_ATTEMPTS = 3
+T = TypeVar("T")
+
+
+class NeuronStalled(TimeoutError):
+    """The neuron stopped answering its polls while a request waited on it."""
+
+
 # A generated token in an OpenAI chunk, whatever the JSON spacing of the backend that wrote it.
 _TOKEN_RE = re.compile(rb'"(?:content|reasoning_content|text)"\s*:\s*"[^"]|"tool_calls"\s*:\s*\[')
 USAGE_RE = re.compile(rb'"usage"\s*:\s*\{')
@@ -144,7 +163,7 @@ class ProxiedRequest:
             self.request[NEURON] = neuron.name
             self.sent = time.perf_counter()
             try:
-                answer = await self._attempt(route, path, payload)
+                answer = await self._attempt(route, path, payload, stream)
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as e:
                 only_busy = False
                 failures.append(f"neuron {neuron.name} failed: {e or type(e).__name__}")
@@ -173,7 +192,7 @@ class ProxiedRequest:
         raise _gave_up(failures, only_busy, delays)
 
     async def _attempt(
-        self, route: Route, path: str, payload: bytes
+        self, route: Route, path: str, payload: bytes, stream: bool
     ) -> aiohttp.ClientResponse | CortexError:
         """One POST: the 2xx answer (the request now counts in flight there) or the error the
         neuron answered; raises on connection failures."""
@@ -182,7 +201,9 @@ class ProxiedRequest:
         kept = False
         try:
             client = route.neuron.client
-            response = await client.post(route.base_url, path, payload, self.gw.proxy_timeout)
+            timeout = self.gw.proxy_timeout(client, stream)
+            post = client.post(route.base_url, path, payload, timeout)
+            response = await until_stalled(route.neuron, post)
             if response.status < 400:
                 kept = True
                 return response
@@ -198,6 +219,17 @@ class ProxiedRequest:
         finally:
             if not kept:
                 place.in_flight -= 1
+
+    async def read(self) -> bytes:
+        """The whole body of a non-streaming answer; a neuron that breaks off or stalls
+        meanwhile is an UpstreamError (502) and the connection is dropped."""
+        try:
+            return await until_stalled(self.route.neuron, self.response.read())
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.close(broken=True)
+            raise UpstreamError(
+                f"neuron {self.neuron} broke off its answer: {exc or type(exc).__name__}"
+            ) from exc
 
     def headers(self) -> dict[str, str]:
         """Response headers the gateway adds: the chosen neuron and its own overhead."""
@@ -262,6 +294,30 @@ class ProxiedRequest:
         # Leaving on an exception (client gone, relay failed) drops the connection so the
         # neuron sees the disconnect and cancels the generation.
         self.close(broken=exc_type is not None)
+
+
+async def until_stalled(neuron: Neuron, awaitable: Awaitable[T]) -> T:
+    """Await `awaitable` unless a poll of `neuron` fails first (NeuronStalled); the awaited
+    work is cancelled then, and when the caller is cancelled (a request's connection closes)."""
+    task = asyncio.ensure_future(awaitable)
+    stall = neuron.stall_signal()
+    try:
+        await asyncio.wait({task, stall}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        task.add_done_callback(_discard)
+        raise
+    if task.done():
+        return task.result()
+    task.cancel()
+    task.add_done_callback(_discard)
+    raise NeuronStalled(f"neuron {neuron.name} stalled: {stall.result()}")
+
+
+def _discard(task: asyncio.Future) -> None:
+    """Retrieve a cancelled helper's outcome so asyncio does not report it as lost."""
+    if not task.cancelled():
+        task.exception()
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:

@@ -2,7 +2,8 @@
 
 The poller writes it (`Neuron.apply_poll`, `Neuron.poll_failed`); the router, evictor,
 lifecycle and routes read it. A neuron goes `down` after `down_after_failures` failed polls in a
-row and back `up` on one success (hysteresis: a single slow poll does not flap it). Per model and
+row and back `up` on one success (hysteresis: a single slow poll does not flap it). Every
+failed poll also wakes the requests waiting on the neuron's `stall_signal` (see exchange.py). Per model and
 neuron the gateway keeps its own in-flight count (exact, updated on every proxied request), the
 neuron's reported count (from the last poll), and the last use (for LRU eviction and
 `idle_unload_after`).
@@ -10,6 +11,7 @@ neuron's reported count (from the last poll), and the last use (for LRU eviction
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -87,6 +89,20 @@ class Neuron:
         self.devices: dict[str, Device] = {}
         self.models: dict[str, Placement] = {}
         self.cycles = 0
+        self._stall: asyncio.Future[str] | None = None
+
+    def stall_signal(self) -> asyncio.Future[str]:
+        """A future that resolves (with why) at the next failed poll of this neuron: what a
+        request waiting on it without a read timeout (a non-streaming answer) watches."""
+        if self._stall is None or self._stall.done():
+            self._stall = asyncio.get_running_loop().create_future()
+        return self._stall
+
+    def stalled(self, why: str) -> None:
+        """A poll failed: wake every request waiting on `stall_signal`."""
+        if self._stall is not None and not self._stall.done():
+            self._stall.set_result(why)
+        self._stall = None
 
     @property
     def routable(self) -> bool:

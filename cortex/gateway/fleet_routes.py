@@ -3,8 +3,11 @@
 `POST /fleet/load {"model", "neuron"?}` waits for the load (up to `cold_load_timeout`) and
 answers `{"model", "neuron", "state": "loaded"}`. `POST /fleet/unload {"model", "neuron"?}`
 unloads it from that neuron, or from every neuron holding it, and answers `{"model", "neuron",
-"neurons", "state": "unloaded"}`; a pinned model must be unpinned first (400). `POST /fleet/pin
-{"model", "neuron"?, "pinned"}`: `true` pins and loads now (answers once loaded), `false` unpins.
+"neurons", "state": "unloaded"}`; a pinned model must be unpinned first (409 `conflict`, which
+`cortex unload` reports with exit code 1, not as a usage error). `POST /fleet/pin
+{"model", "neuron"?, "pinned"}`: `true` loads now and pins once loaded (a model no neuron has
+and models.toml does not name is 404 and never pinned; a failed load leaves no pin), `false`
+unpins.
 Model names may be aliases. `last_seen` in `/fleet` is a Unix time (seconds).
 """
 
@@ -14,8 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
-from cortex.errors import InvalidRequest, ModelNotFound, NotFound
-from cortex.gateway.catalogue import catalogue, locations
+from cortex.errors import Conflict, InvalidRequest, ModelNotFound, NotFound, quoted
+from cortex.gateway.catalogue import catalogue, locations, suggest
 from cortex.gateway.state import GATEWAY, MODEL, NEURON, Gateway
 from cortex.web import json_response, read_object
 
@@ -50,7 +53,12 @@ async def fleet(request: web.Request) -> web.Response:
         {
             "neurons": [n.to_json() for n in gw.fleet],
             "models": [
-                {"id": m, "pinned": gw.pins.is_pinned(m), "locations": locations(gw.fleet, m)}
+                {
+                    "id": m,
+                    "pinned": gw.pins.is_pinned(m),
+                    "locations": locations(gw.fleet, m),
+                    **({"pin_error": gw.pins.problems[m]} if m in gw.pins.problems else {}),
+                }
                 for m in ids
             ],
         }
@@ -67,7 +75,7 @@ async def _target(request: web.Request) -> tuple[Gateway, dict[str, Any], str, s
     if neuron is not None and not isinstance(neuron, str):
         raise InvalidRequest("'neuron' must be a string", param="neuron")
     if neuron and gw.fleet.get(neuron) is None:
-        raise NotFound(f"no neuron named {neuron!r}")
+        raise NotFound(f"no neuron named {quoted(neuron)}")
     model = gw.models.resolve(model)
     request[MODEL] = model
     if neuron:
@@ -95,7 +103,7 @@ async def unload(request: web.Request) -> web.Response:
     """`POST /fleet/unload`."""
     gw, _, model, neuron = await _target(request)
     if gw.pins.is_pinned(model, neuron):
-        raise InvalidRequest(f"model {model!r} is pinned: unpin it first", param="model")
+        raise Conflict(f"model {quoted(model)} is pinned: unpin it first", param="model")
     targets = [
         (n, n.models[model])
         for n in gw.fleet
@@ -105,7 +113,7 @@ async def unload(request: web.Request) -> web.Response:
     ]
     if not targets:
         where = f" on {neuron}" if neuron else ""
-        raise ModelNotFound(f"model {model!r} is not loaded{where}", param="model")
+        raise ModelNotFound(f"model {quoted(model)} is not loaded{where}", param="model")
     for n, place in targets:
         await gw.router.unload(n, place)
     names = [n.name for n, _ in targets]
@@ -123,6 +131,13 @@ async def pin(request: web.Request) -> web.Response:
     if not pinned:
         gw.pins.unpin(model, neuron)
         return json_response({"model": model, "neuron": neuron, "pinned": False})
-    gw.pins.pin(model, neuron)
+    # Only a model that resolves is pinned, and only once it loaded: a pin for a name nobody
+    # has would show in every client's /v1/models and be retried for ever.
+    if gw.models.entry(model) is None and not gw.fleet.known(model):
+        raise ModelNotFound(
+            f"model {quoted(model)} not found on any neuron{suggest(model, gw.fleet, gw.models)}",
+            param="model",
+        )
     name = await _ensure_loaded(gw, model, neuron)
+    gw.pins.pin(model, neuron)
     return json_response({"model": model, "neuron": name, "pinned": True, "state": "loaded"})

@@ -4,7 +4,9 @@ The child is this same program: `python -m cortex neuron`, or, inside a PyInstal
 executable (`sys.frozen`, where there is no `-m`), the executable itself with `neuron` as its
 first argument. The child inherits stderr (its logs interleave with the gateway's), gets the
 `--models-dir` flags of `cortex serve`, and is stopped with SIGTERM (then SIGKILL after its drain
-time) when the gateway exits. The gateway does not wait for it to come up: the poller marks it up
+time) when the gateway exits. On Linux the child also gets SIGTERM from the kernel when the
+gateway dies without stopping it (SIGKILL, a crash): `PR_SET_PDEATHSIG`, so no neuron is left
+listening behind a dead gateway. The gateway does not wait for it to come up: the poller marks it up
 once it answers `/health`, and requests meanwhile get 503 with Retry-After.
 """
 
@@ -12,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
+import signal
 import socket
 import sys
 
@@ -34,6 +38,17 @@ def neuron_command() -> list[str]:
     return [sys.executable, "-m", "cortex", "neuron"]
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux; elsewhere a no-op)."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 class LocalNeuron:
     """A neuron child process on loopback."""
 
@@ -49,7 +64,9 @@ class LocalNeuron:
         args = [*neuron_command(), "--listen", f"127.0.0.1:{port}"]
         for directory in models_dirs:
             args += ["--models-dir", directory]
-        proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL)
+        proc = await asyncio.create_subprocess_exec(
+            *args, stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent
+        )
         log.info("started local neuron (pid %d) on 127.0.0.1:%d", proc.pid, port)
         return cls(proc, port)
 

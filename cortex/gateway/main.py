@@ -6,8 +6,8 @@ then the user config dir; flags override the file (`--listen`, `--metrics-listen
 
 Single-host mode (`--local`, and the default when there is no config file and no `--neuron`):
 a `cortex neuron` child on a free loopback port, registered as neuron `local` (see
-local_neuron.py). Logs go to stderr (`$CORTEX_LOG_LEVEL`, default INFO). SIGTERM/SIGINT stop the
-gateway: listeners close, background tasks stop, the local neuron (if any) is stopped.
+local_neuron.py). Logs go to stderr (`$CORTEX_LOG_LEVEL`, default INFO). SIGTERM/SIGINT/SIGHUP
+stop the gateway: listeners close, background tasks stop, the local neuron (if any) is stopped.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from aiohttp import web
 from yarl import URL
@@ -28,13 +29,13 @@ from cortex.config import (
     find_config,
     load_cortex_config,
     parse_listen,
-    split_listen,
 )
 from cortex.errors import ConfigError
-from cortex.gateway.app import create_app
+from cortex.gateway.app import create_app, metrics_app, render_error
 from cortex.gateway.local_neuron import LocalNeuron
 from cortex.gateway.state import GATEWAY
 from cortex.process import run, setup_logging
+from cortex.web import ServerLimits, listen, make_runner
 
 log = logging.getLogger("cortex.gateway")
 
@@ -61,14 +62,29 @@ def _first_run_message(models_dirs: list[str]) -> str:
         "cortex: running single-host: starting a local neuron on loopback.\n"
         f"cortex: models are found in: {dirs}, and the Hugging Face cache "
         "(~/.cache/huggingface/hub).\n"
-        "cortex: to add a model, put its Hugging Face directory (config.json, *.safetensors, "
-        "tokenizer files) or a .gguf file under a models dir, e.g. "
-        "`cortex serve --models-dir ./models`;\n"
-        "cortex: to get a small demo model (SmolLM2-135M-Instruct) there: "
-        "`cortex fetch-demo --models-dir ./models`;\n"
-        "cortex: to serve a fleet, write cortex.toml with [[neurons]] entries (or pass "
+        + (
+            ""
+            if _has_models(models_dirs)
+            else "cortex: to add a model, put its Hugging Face directory (config.json, "
+            "*.safetensors, tokenizer files) or a .gguf file under a models dir, e.g. "
+            "`cortex serve --models-dir ./models`;\n"
+            "cortex: to get a small demo model (SmolLM2-135M-Instruct) there: "
+            "`cortex fetch-demo --models-dir ./models`;\n"
+        )
+        + "cortex: to serve a fleet, write cortex.toml with [[neurons]] entries (or pass "
         "--neuron URL)."
     )
+
+
+def _has_models(models_dirs: list[str]) -> bool:
+    """Whether a models dir already holds something that looks like a model (then the
+    first-run hints about adding one are noise)."""
+    for directory in models_dirs:
+        root = Path(directory)
+        for pattern in ("*.gguf", "*/*.gguf", "*/config.json", "*/*/config.json"):
+            if next(root.glob(pattern), None) is not None:
+                return True
+    return False
 
 
 def run_serve(
@@ -105,30 +121,24 @@ def run_serve(
     return run(_serve(config, single_host, [os.path.abspath(d) for d in models_dirs]))
 
 
-async def _site(runner: web.AppRunner, address: str) -> None:
-    host, port = split_listen(address)
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {address}: {exc.strerror}") from None
-
-
 async def _serve(config: CortexConfig, single_host: bool, models_dirs: list[str]) -> int:
     child = await LocalNeuron.start(models_dirs) if single_host else None
     if child is not None:
         config.neurons.append(NeuronEntry(name="local", endpoint=child.url))
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=5)
+    limits = ServerLimits.of(config.gateway)
+    runner = make_runner(app, limits, shutdown_timeout=5)
     metrics_runner: web.AppRunner | None = None
     try:
         await runner.setup()
-        await _site(runner, config.gateway.listen)
-        metrics_runner = web.AppRunner(app[GATEWAY].metrics.app(), access_log=None)
+        await listen(runner, config.gateway.listen, render_error)
+        metrics_runner = make_runner(metrics_app(config, app[GATEWAY]), limits)
         await metrics_runner.setup()
-        await _site(metrics_runner, config.gateway.metrics_listen)
+        await listen(metrics_runner, config.gateway.metrics_listen)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # SIGHUP too (the terminal closed): stop cleanly so the local neuron goes with us.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, stop.set)
         fleet = app[GATEWAY].fleet
         log.info(

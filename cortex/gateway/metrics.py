@@ -11,10 +11,11 @@ memory) are computed from fleet state at scrape time, so they are never stale.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -153,13 +154,13 @@ class Metrics:
             self.of(self.cached_tokens, model, neuron).inc(cached)
         return completion
 
-    def app(self) -> web.Application:
-        """The `/metrics` application for the metrics port."""
+    def app(self, middlewares: Sequence[Middleware] = ()) -> web.Application:
+        """The `/metrics` application for the metrics port (with `middlewares`, e.g. auth)."""
 
         async def handle(_: web.Request) -> web.Response:
             body = generate_latest(self.registry)
             return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
-        app = web.Application()
+        app = web.Application(middlewares=middlewares)
         app.router.add_get("/metrics", handle)
         return app

@@ -89,6 +89,7 @@ class NeuronClient:
         token: str = "",
         control_timeout: float = 10.0,
         load_timeout: float = 900.0,
+        health_timeout: float | None = None,
     ) -> None:
         self.name = name
         self.endpoint = endpoint.rstrip("/")
@@ -97,6 +98,9 @@ class NeuronClient:
         self.proxy_headers = {"Content-Type": "application/json", **self.headers}
         self._control = aiohttp.ClientTimeout(total=control_timeout)
         self._load = aiohttp.ClientTimeout(total=load_timeout)
+        # A healthy neuron answers /health from its event loop at once, however busy its
+        # devices are: a short limit here is how a stalled neuron is noticed in seconds.
+        self._health = aiohttp.ClientTimeout(total=health_timeout or control_timeout)
 
     async def _call(
         self,
@@ -121,7 +125,7 @@ class NeuronClient:
 
     async def health(self) -> dict[str, Any]:
         """`GET /health`: status, devices with free memory, loaded models with in-flight counts."""
-        return await self._call("GET", "/health")
+        return await self._call("GET", "/health", timeout=self._health)
 
     async def models(self) -> list[dict[str, Any]]:
         """`GET /models`: loaded models and every model found on disk."""

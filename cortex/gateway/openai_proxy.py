@@ -7,8 +7,8 @@ on the way back). Otherwise the client's bytes go to the neuron untouched.
 
 Streams are relayed as they arrive, cut only at SSE event boundaries (`\\n\\n`), never buffered
 further. While a cold load runs the client gets the SSE headers and a `: loading <model>`
-comment every second. A neuron that breaks off mid-stream (or stalls past
-`stream_read_timeout`) gives the client a final `data: {"error": {...}}` event and a clean end;
+comment every second. A neuron that breaks off mid-stream (or stalls, see exchange.py) gives
+the client a final `data: {"error": {...}}` event, `data: [DONE]` and a clean end;
 a client that goes away closes the upstream connection, which cancels the generation.
 """
 
@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 
 from cortex.api import sse
-from cortex.errors import CortexError, InvalidRequest, UpstreamError
+from cortex.errors import CortexError, InvalidRequest
 from cortex.gateway.exchange import USAGE_RE, ProxiedRequest, encode_body, has_token
 from cortex.web import CLIENT_GONE, end_sse, parse_object, read_body, start_sse
 
@@ -63,10 +63,7 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
 
 async def _relay_json(px: ProxiedRequest) -> web.Response:
     response = px.response
-    try:
-        data = await response.read()
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise UpstreamError(f"neuron {px.neuron} broke off its answer: {exc}") from exc
+    data = await px.read()
     with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
         px.note_usage(orjson.loads(data).get("usage"))
     headers = px.headers()
@@ -127,5 +124,5 @@ def _take_usage(events: bytes, px: ProxiedRequest, keep: bool) -> bytes:
 
 
 async def _end_with_error(out: web.StreamResponse, error: CortexError) -> None:
-    """End a started stream with an in-band error event."""
-    await end_sse(out, sse.data(error.openai_envelope()))
+    """End a started stream with an in-band error event and `[DONE]`, as the neuron does."""
+    await end_sse(out, sse.data(error.openai_envelope()) + sse.DONE)

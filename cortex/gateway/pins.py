@@ -15,6 +15,8 @@ class Pins:
 
     def __init__(self, models: ModelsConfig) -> None:
         self._pins: set[tuple[str, str | None]] = {(m.id, None) for m in models.models if m.pin}
+        #: model -> why its pin cannot be honoured now (the last failed load), for /fleet.
+        self.problems: dict[str, str] = {}
 
     def pin(self, model: str, neuron: str | None) -> None:
         """Pin `model` (on `neuron`, or wherever it runs)."""
@@ -24,6 +26,7 @@ class Pins:
         """Remove the pin on `neuron`, or every pin of `model` when `neuron` is None."""
         if neuron is None:
             self._pins = {p for p in self._pins if p[0] != model}
+            self.problems.pop(model, None)
         else:
             self._pins.discard((model, neuron))
 

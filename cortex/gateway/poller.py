@@ -1,7 +1,8 @@
 """Health poller: every neuron's `/health` and `/models`, concurrently, every `poll_interval`.
 
-One failed poll (connection refused, timeout, bad answer) counts toward the neuron's down
-hysteresis; one good poll brings it back up. `poll(neuron)` is also called on demand by the
+One failed poll (connection refused, no answer within `stall_timeout`, bad answer) counts toward
+the neuron's down hysteresis and ends the waits of its non-streaming requests (they are retried
+elsewhere before their first byte, or end with a clear error); one good poll brings it back up. `poll(neuron)` is also called on demand by the
 router (fresh memory before planning a load) and after loads and unloads.
 """
 
@@ -45,10 +46,11 @@ class Poller:
             health, models = await asyncio.gather(client.health(), client.models())
         except (aiohttp.ClientError, TimeoutError, CortexError, ValueError) as exc:
             went_down = neuron.poll_failed()
+            why = str(exc) or type(exc).__name__
+            neuron.stalled(f"its /health failed: {why}")
             if neuron.failures == 1:
-                # A neuron never seen yet (still starting) is news, not a problem.
-                level = logging.WARNING if neuron.last_seen else logging.INFO
-                why = exc or type(exc).__name__
+                # A neuron never seen yet (still starting, e.g. the local one) is no news.
+                level = logging.WARNING if neuron.last_seen else logging.DEBUG
                 log.log(level, "neuron %s: poll failed (%s)", neuron.name, why)
             if went_down:
                 log.warning("neuron %s is down", neuron.name)

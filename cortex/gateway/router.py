@@ -6,8 +6,9 @@
 2. else a cold load on the best feasible neuron (evictor.py decides where and what goes first).
    Loads are single-flight per model: however many requests wait, one load runs, as an
    independent task, so a waiter that gives up (client gone, `cold_load_timeout`) neither
-   cancels nor leaks it. Waiters get an `on_wait` call at once and every `KEEPALIVE_S` so
-   streams can send SSE comments; past `cold_load_timeout` they get 503 with Retry-After.
+   cancels nor leaks it. Waiters get an `on_wait` call after `KEEPALIVE_S` and every
+   `KEEPALIVE_S` after, so streams can send SSE comments (a load that fails at once is a plain
+   HTTP error); past `cold_load_timeout` they get 503 with Retry-After.
 
 Planning (fresh `/health` of the candidates, choosing victims, unloading them, reserving the
 memory) runs under one lock so two concurrent cold loads never count the same free bytes; the
@@ -32,7 +33,10 @@ from cortex.errors import (
     NotFound,
     Unavailable,
     UpstreamError,
+    printable,
+    quoted,
 )
+from cortex.gateway.catalogue import suggest
 from cortex.gateway.evictor import Plan, plan_placement
 from cortex.gateway.fleet import Fleet, Neuron, Placement
 from cortex.gateway.metrics import Metrics
@@ -130,7 +134,8 @@ class Router:
         if self._loads.get(key) is task:
             del self._loads[key]
         if not task.cancelled() and (exc := task.exception()) is not None:
-            log.warning("load of %s failed: %s", key[0], getattr(exc, "message", exc))
+            why = getattr(exc, "message", None) or str(exc)
+            log.warning("load of %s failed: %s", printable(key[0]), printable(why, 2000))
 
     def loading(self, model_id: str) -> bool:
         return any(k[0] == model_id for k in self._loads)
@@ -138,18 +143,23 @@ class Router:
     async def wait(
         self, task: asyncio.Task[tuple[Neuron, Placement]], model_id: str, on_wait: OnWait | None
     ) -> tuple[Neuron, Placement]:
-        """Wait for a load up to `cold_load_timeout`, calling `on_wait` now and every
-        `KEEPALIVE_S`; cancelling the waiter leaves the load running."""
+        """Wait for a load up to `cold_load_timeout`, calling `on_wait` after the first
+        `KEEPALIVE_S` and every `KEEPALIVE_S` after; cancelling the waiter leaves the load
+        running."""
         deadline = time.monotonic() + self.cold_load_timeout
+        first = True
         while True:
-            if on_wait is not None and not task.done():
-                await on_wait()
+            # Not at once: a load that cannot even start (unknown model, no room) fails within
+            # the first second and the client gets a plain HTTP error, not a 200 stream.
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise Unavailable(
-                    f"model {model_id!r} is still loading after {self.cold_load_timeout:.0f}s",
+                    f"model {quoted(model_id)} is still loading after {self.cold_load_timeout:.0f}s",
                     retry_after=30,
                 )
+            if on_wait is not None and not task.done() and not first:
+                await on_wait()
+            first = False
             step = min(KEEPALIVE_S, remaining) if on_wait else remaining
             done, _ = await asyncio.wait({task}, timeout=step)
             if done:
@@ -158,7 +168,7 @@ class Router:
     def _candidates(self, model_id: str, neuron: str | None, exclude: frozenset[str]) -> list:
         entry = self.models.entry(model_id)
         if neuron is not None and self.fleet.get(neuron) is None:
-            raise NotFound(f"no neuron named {neuron!r}")
+            raise NotFound(f"no neuron named {quoted(neuron)}")
         out = [
             n
             for n in self.fleet
@@ -171,9 +181,12 @@ class Router:
         ]
         if not out:
             if entry is None and not self.fleet.known(model_id):
-                raise ModelNotFound(f"model {model_id!r} not found on any neuron", param="model")
-            where = f"neuron {neuron!r}" if neuron else "healthy neuron"
-            raise Unavailable(f"no {where} can load model {model_id!r} now", retry_after=10)
+                hint = suggest(model_id, self.fleet, self.models)
+                raise ModelNotFound(
+                    f"model {quoted(model_id)} not found on any neuron{hint}", param="model"
+                )
+            where = f"neuron {quoted(neuron)}" if neuron else "healthy neuron"
+            raise Unavailable(f"no {where} can load model {quoted(model_id)} now", retry_after=10)
         return out
 
     def _need(self, model_id: str) -> int:
@@ -235,7 +248,7 @@ class Router:
             )
             if plan is None:
                 raise Unavailable(
-                    f"no neuron has room for model {model_id!r} ({need} bytes), even after "
+                    f"no neuron has room for model {quoted(model_id)} ({need} bytes), even after "
                     "evicting idle unpinned models",
                     retry_after=30,
                 )
@@ -295,7 +308,7 @@ class Router:
     async def _reload(self, neuron: Neuron, model_id: str) -> tuple[Neuron, Placement]:
         place = neuron.models.get(model_id)
         if place is None or place.state != "loaded":
-            raise ModelNotFound(f"model {model_id!r} is not loaded on {neuron.name}")
+            raise ModelNotFound(f"model {quoted(model_id)} is not loaded on {neuron.name}")
         place.draining = True
         try:
             deadline = time.monotonic() + self.cold_load_timeout

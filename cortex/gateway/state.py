@@ -58,10 +58,20 @@ class Gateway:
         self.responses = ResponseStore(
             gateway_state_dir(section), float(section.response_retention)
         )
-        # Streams: a read timeout for stalls, never a total one (a long answer is fine).
-        self.proxy_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=10, sock_read=float(section.stream_read_timeout) or None
-        )
+        # Never a total timeout (a long answer is fine), only read timeouts between bytes. A
+        # cortex neuron's stream sends a comment every 0.5 s of silence, so `stall_timeout`
+        # without a byte is a stall; its non-streaming answer sends nothing until done, so it
+        # has no read timeout and is watched through the poller instead (exchange.py).
+        # Other OpenAI servers send no heartbeat: `stream_read_timeout` for them.
+        self._timeouts = {
+            (kind, stream): aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=read)
+            for kind, stream, read in (
+                ("cortex", True, float(section.stall_timeout) or None),
+                ("cortex", False, None),
+                ("openai", True, float(section.stream_read_timeout) or None),
+                ("openai", False, float(section.stream_read_timeout) or None),
+            )
+        }
         self.session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task] = []
 
@@ -75,7 +85,12 @@ class Gateway:
             token=entry.token,
             control_timeout=timeout,
             load_timeout=float(self.config.gateway.cold_load_timeout) + 60,
+            health_timeout=float(self.config.gateway.stall_timeout) or None,
         )
+
+    def proxy_timeout(self, client: NeuronClient, stream: bool) -> aiohttp.ClientTimeout:
+        """The read timeouts of a proxied request to `client` (see `__init__`)."""
+        return self._timeouts[(client.kind, stream)]
 
     async def start(self) -> None:
         """Open the pool, poll every neuron once, start the background tasks."""

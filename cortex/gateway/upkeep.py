@@ -2,7 +2,10 @@
 
 Every tick (the poll interval, at least 0.2 s):
 - pins: a pinned model not loaded where its pin says (any allowed neuron, or the named one) and
-  not already loading gets a load; after a failed pin load the next try waits `PIN_RETRY_S`;
+  not already loading gets a load. A failed pin load is reported (logged once, and in `/fleet`
+  as the model's `pin_error`) and retried after `PIN_RETRY_S`, doubling up to
+  `PIN_RETRY_MAX_S`; a pin whose model no neuron has (404) is not retried until a poll shows
+  the model on some neuron;
 - `idle_unload_after` (> 0): a loaded, unpinned model with nothing in flight and no use for that
   long is unloaded (`cortex_evictions_total{reason="idle"}`);
 - `defrag_after_cycles = N` (> 0): after N unloads the gateway made on a neuron (evictions, idle
@@ -21,13 +24,14 @@ import logging
 import time
 
 from cortex.config import CortexConfig
-from cortex.errors import CortexError
+from cortex.errors import CortexError, ModelNotFound, printable
 from cortex.gateway.fleet import Fleet, Neuron
 from cortex.gateway.pins import Pins
 from cortex.gateway.router import Router
 
 log = logging.getLogger("cortex.gateway")
 PIN_RETRY_S = 30.0
+PIN_RETRY_MAX_S = 3600.0
 
 
 class Upkeep:
@@ -41,6 +45,8 @@ class Upkeep:
         self.idle_after = float(config.eviction.idle_unload_after)
         self.defrag_after = config.eviction.defrag_after_cycles
         self._pin_next_try: dict[tuple[str, str | None], float] = {}
+        self._pin_delay: dict[tuple[str, str | None], float] = {}
+        self._pin_missing: set[tuple[str, str | None]] = set()
         self._defrags: dict[str, asyncio.Task] = {}
         router.on_cycle.append(self._cycled)
 
@@ -71,15 +77,30 @@ class Upkeep:
                 continue
             if self._pin_next_try.get((model, neuron), 0.0) > now:
                 continue
+            if (model, neuron) in self._pin_missing and not self.fleet.known(model):
+                continue
             task = self.router.load(model, neuron)
             task.add_done_callback(lambda t, key=(model, neuron): self._pin_loaded(key, t))
 
     def _pin_loaded(self, key: tuple[str, str | None], task: asyncio.Task) -> None:
-        # A failed pin load is retried later, not on every tick.
-        if task.cancelled() or task.exception() is not None:
-            self._pin_next_try[key] = time.monotonic() + PIN_RETRY_S
-        else:
+        # A failed pin load is reported and retried later, less and less often.
+        error = None if task.cancelled() else task.exception()
+        if not task.cancelled() and error is None:
             self._pin_next_try.pop(key, None)
+            self._pin_delay.pop(key, None)
+            self._pin_missing.discard(key)
+            self.pins.problems.pop(key[0], None)
+            return
+        delay = self._pin_delay.get(key, PIN_RETRY_S / 2) * 2
+        self._pin_delay[key] = min(delay, PIN_RETRY_MAX_S)
+        self._pin_next_try[key] = time.monotonic() + self._pin_delay[key]
+        if isinstance(error, ModelNotFound):
+            self._pin_missing.add(key)
+        if error is not None:
+            why = getattr(error, "message", None) or str(error)
+            if self.pins.problems.get(key[0]) != why:
+                log.warning("pinned model %s cannot load: %s", printable(key[0]), why)
+            self.pins.problems[key[0]] = why
 
     async def unload_idle(self) -> None:
         """Unload models idle longer than `idle_unload_after`."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,9 +28,13 @@ import torch
 
 from cortex.config import EngineConfig
 from cortex.errors import (
+    CortexError,
     InsufficientMemory,
     InvalidRequest,
+    ModelLoadFailed,
     ModelNotFound,
+    printable,
+    quoted,
 )
 from cortex.neuron.engine import devices
 from cortex.neuron.engine.outputs import EngineStats, LoadedInfo
@@ -102,7 +107,7 @@ class ModelManager:
         model = self.models.get(model_id)
         if model is None:
             raise ModelNotFound(
-                f"model {model_id!r} is not loaded on this neuron (POST /models/load loads it)",
+                f"model {quoted(model_id)} is not loaded on this neuron (POST /models/load loads it)",
                 param="model",
             )
         return model
@@ -138,6 +143,35 @@ class ModelManager:
         return await asyncio.shield(task), False
 
     async def _load(
+        self,
+        model_id: str,
+        device: str | None,
+        dtype: str | None,
+        max_context: int | None,
+        quantize: str | None,
+    ) -> LoadedModel:
+        """One load, logged when it fails; what the client sees names the model id, never a
+        file path (a symlink's target, a models dir): those are in the neuron's log only."""
+        try:
+            return await self._load_found(model_id, device, dtype, max_context, quantize)
+        except (InvalidRequest, ModelNotFound) as exc:
+            log.warning("load of %s refused: %s", printable(model_id), exc.message)
+            raise
+        except CortexError as exc:
+            log.error("load of %s failed: %s", printable(model_id), printable(exc.message, 2000))
+            if isinstance(exc, InsufficientMemory) or exc.status == 422:
+                exc.message = without_paths(exc.message)
+                raise
+            raise ModelLoadFailed(
+                f"model {quoted(model_id)} could not be loaded (the neuron's log says why)"
+            ) from None
+        except Exception:
+            log.exception("load of %s failed", printable(model_id))
+            raise ModelLoadFailed(
+                f"model {quoted(model_id)} could not be loaded (the neuron's log says why)"
+            ) from None
+
+    async def _load_found(
         self,
         model_id: str,
         device: str | None,
@@ -227,7 +261,7 @@ class ModelManager:
         """Cancel the model's requests, then free its memory; 404 when it is not loaded."""
         model = self.models.pop(model_id, None)
         if model is None:
-            raise ModelNotFound(f"model {model_id!r} is not loaded", param="model")
+            raise ModelNotFound(f"model {quoted(model_id)} is not loaded", param="model")
         model.unloaded = True
         # The worker fails the model's requests with Unavailable (503, Retry-After) as it unloads.
         await model.worker.unload(model_id)
@@ -248,6 +282,14 @@ class ModelManager:
                 await self.unload(model_id)
             except Exception:  # shutting down: keep freeing the others
                 log.exception("unload of %s failed during shutdown", model_id)
+
+
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][^\s/\\'\":,;()]+)+[/\\]?")
+
+
+def without_paths(message: str) -> str:
+    """`message` with absolute file paths replaced by `<path>` (for answers to clients)."""
+    return _PATH.sub("<path>", message)
 
 
 def weight_footprint(

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cortex.errors import InvalidRequest, ModelNotFound
+from cortex.errors import InvalidRequest, ModelNotFound, quoted
 
 MAX_DEPTH = 3  # Org/Family/Name at most below a models dir
+MAX_ID_CHARS = 1024
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,13 @@ def check_id(model_id: Any) -> list[str]:
     """The id's path components; `InvalidRequest` (400) for anything that could escape a root."""
     if not isinstance(model_id, str) or not model_id:
         raise InvalidRequest("'model' must be a non-empty string", param="model")
+    if len(model_id) > MAX_ID_CHARS or any(len(p.encode()) > 255 for p in model_id.split("/")):
+        # Longer than any path the filesystem takes (ENAMETOOLONG otherwise).
+        raise InvalidRequest(
+            f"invalid model id {quoted(model_id)}: longer than {MAX_ID_CHARS} characters or a "
+            "part longer than 255 bytes",
+            param="model",
+        )
     parts = model_id.split("/")
     if (
         "\x00" in model_id
@@ -63,7 +71,7 @@ def check_id(model_id: Any) -> list[str]:
         or any(p in ("", ".", "..") for p in parts)
     ):
         raise InvalidRequest(
-            f"invalid model id {model_id!r}: it must not leave the models directories",
+            f"invalid model id {quoted(model_id)}: it must not leave the models directories",
             param="model",
         )
     return parts
@@ -94,7 +102,9 @@ class ModelRegistry:
             current = current / part
             if not current.resolve().is_relative_to(real_root):
                 raise InvalidRequest(
-                    f"invalid model id {'/'.join(parts)!r}: it leads out of {root}", param="model"
+                    f"invalid model id {quoted('/'.join(parts))}: it leads out of its models "
+                    "directory",
+                    param="model",
                 )
         candidate = current / parts[-1]
         return candidate if model_format(candidate) else None
@@ -115,19 +125,21 @@ class ModelRegistry:
         if path is not None and (fmt := model_format(path)):
             return ModelLocation(model_id, path, fmt, "hf_cache")
         raise ModelNotFound(
-            f"model {model_id!r} not found in the models directories or HF cache", param="model"
+            f"model {quoted(model_id)} not found in the models directories or HF cache",
+            param="model",
         )
 
     def download(self, model_id: str) -> ModelLocation:
         """Fetch `model_id` from the Hugging Face hub into the cache (blocking; run in a thread)."""
         parts = check_id(model_id)
         if not self.hub_download or len(parts) != 2:
-            raise ModelNotFound(f"model {model_id!r} not found", param="model")
+            raise ModelNotFound(f"model {quoted(model_id)} not found", param="model")
         try:
             from huggingface_hub import snapshot_download
         except ImportError:
             raise ModelNotFound(
-                f"model {model_id!r} not found and huggingface_hub is not installed", param="model"
+                f"model {quoted(model_id)} not found and huggingface_hub is not installed",
+                param="model",
             ) from None
         try:
             path = snapshot_download(
@@ -136,7 +148,9 @@ class ModelRegistry:
                 allow_patterns=["*.json", "*.safetensors", "*.jinja", "tokenizer*"],
             )
         except Exception as exc:  # network, auth, missing repo: all mean "not available"
-            raise ModelNotFound(f"model {model_id!r} could not be downloaded: {exc}") from None
+            raise ModelNotFound(
+                f"model {quoted(model_id)} could not be downloaded: {exc}"
+            ) from None
         return ModelLocation(model_id, Path(path), "safetensors", "hub")
 
     def scan(self) -> list[ModelLocation]:

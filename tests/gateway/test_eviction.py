@@ -121,7 +121,7 @@ async def test_pins_are_loaded_at_start_and_kept_loaded():
         async with running(config) as g:
             await g.settle(lambda: a.loaded() == ["m1"])
             async with g.http.post(g.url + "/fleet/unload", json={"model": "m1"}) as r:
-                assert r.status == 400  # pinned: unpin first
+                assert r.status == 409  # pinned: unpin first (a conflict, not a usage error)
             # Unloaded behind the gateway's back: the upkeep loads it again.
             a.models["m1"].state = "available"
             await g.settle(lambda: a.loads == ["m1", "m1"])

@@ -92,8 +92,9 @@ async def test_cold_load_timeout_is_503_with_retry_after():
             assert int(r.headers["Retry-After"]) >= 1
             assert "still loading" in (await r.json())["error"]["message"]
         async with await g.chat("m1", stream=True) as r:
-            events = await read_events(r)
-            assert events[0].comment and "error" in events[-1].json()
+            # Timed out within the first second: nothing was streamed yet, a plain 503.
+            assert r.status == 503
+            assert int(r.headers["Retry-After"]) >= 1
         a.script.load_gate.set()
 
 

@@ -89,12 +89,25 @@ class LLMEngine:
         sampled = self.runner.run(batch)
         if not batch.is_decode:
             self._counts.prompt_tokens += batch.num_tokens
+        failed = [(batch.sampling[i], why) for i, why in sampled.failed.items()]
+        if failed:
+            # Only the rows that sampled go on; the failed ones leave the batch below.
+            keep = [i for i in range(len(batch.sampling)) if i not in sampled.failed]
+            batch.sampling = [batch.sampling[i] for i in keep]
+            sampled = SampledTokens(
+                [sampled.token_ids[i] for i in keep],
+                [sampled.logprobs[i] for i in keep] if sampled.logprobs else None,
+                [sampled.top_logprobs[i] for i in keep] if sampled.top_logprobs else None,
+            )
         self.scheduler.finish_step(batch, sampled.token_ids)
         self._counts.generation_tokens += len(batch.sampling)
         outputs = [(seq, self._output(seq, sampled, i)) for i, seq in enumerate(batch.sampling)]
         for seq in batch.sampling:
             if seq.is_finished:
                 self.runner.release(seq.seq_id)
+        for seq, why in failed:
+            self.abort(seq)
+            outputs.append((seq, StepOutput(token_ids=[], finish_reason="abort", error=why)))
         return outputs
 
     @staticmethod

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,6 +37,9 @@ class SampledTokens:
     token_ids: list[int]
     logprobs: list[float] | None = None
     top_logprobs: list[list[tuple[int, float]]] | None = None
+    #: Rows (indexes into `batch.sampling`) whose sampling failed alone, with why; their
+    #: `token_ids` entries are placeholders.
+    failed: dict[int, str] = field(default_factory=dict)
 
 
 def plan_kv_cache(
@@ -138,13 +141,38 @@ class ModelRunner:
             self._prompt_logprobs(batch, hidden, attn.query_start_loc_host)
         rows = hidden if last_rows is None else hidden[last_rows]
         logits = self.model.compute_logits(rows)
-        sampling = self._sampling_batch(batch.sampling)
-        result = self.sampler.sample(logits, sampling)
+        params = [s.params for s in batch.sampling]
+        try:
+            sampling = self._sampling_batch(batch.sampling)
+            result = self.sampler.sample(logits, sampling)
+        except Exception:
+            # One request's settings can break the batch's sampling (a value a tensor cannot
+            # hold): sample row by row so only that request fails and the others go on.
+            log.exception("sampling a batch of %d failed; isolating rows", len(params))
+            self._sampling = None
+            return self._sample_rows(logits, batch.sampling)
         sampling.observe(result.token_ids)  # penalty counts follow the histories
-        sampled = self._to_host(result, [s.params for s in batch.sampling])
+        sampled = self._to_host(result, params)
         if sampling.adjust is not None:
             sampling.adjust.accept(sampled.token_ids)  # grammars follow the sampled tokens
         return sampled
+
+    def _sample_rows(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampledTokens:
+        """Sample each row alone; a row that fails is reported in `failed`, not raised."""
+        out = SampledTokens([], [], [])
+        for i, seq in enumerate(seqs):
+            try:
+                row = self._build_sampling([seq])
+                one = self._to_host(self.sampler.sample(logits[i : i + 1], row), [seq.params])
+                if row.adjust is not None:
+                    row.adjust.accept(one.token_ids)
+            except Exception as exc:
+                out.failed[i] = f"{type(exc).__name__}: {exc}"
+                one = SampledTokens([0], [0.0], [[]])
+            out.token_ids += one.token_ids
+            out.logprobs += one.logprobs or [0.0]
+            out.top_logprobs += one.top_logprobs or [[]]
+        return out
 
     def _prompt_logprobs(self, batch: ScheduledBatch, hidden: torch.Tensor, qsl: list[int]) -> None:
         """Record the logprobs of the prompt tokens this prefill computed, for the sequences
@@ -183,7 +211,12 @@ class ModelRunner:
         key = tuple(s.seq_id for s in seqs)
         if self._sampling is not None and self._sampling[0] == key:
             return self._sampling[1]
-        sampling = SamplingBatch.build(
+        sampling = self._build_sampling(seqs)
+        self._sampling = (key, sampling)
+        return sampling
+
+    def _build_sampling(self, seqs: list[Sequence]) -> SamplingBatch:
+        return SamplingBatch.build(
             [s.params for s in seqs],
             [s.token_ids for s in seqs],
             [self._generator(s.seq_id, s.params.seed) for s in seqs],
@@ -191,8 +224,6 @@ class ModelRunner:
             prompt_lens=[s.num_prompt_tokens for s in seqs],
             stop_ids=[s.stop_ids for s in seqs],
         )
-        self._sampling = (key, sampling)
-        return sampling
 
     def prepare(
         self, batch: ScheduledBatch

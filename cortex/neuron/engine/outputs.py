@@ -44,6 +44,8 @@ class StepOutput:
     `top_logprobs[i]` the `(token_id, logprob)` pairs of the most likely alternatives.
     `prompt_logprobs` (with the first token, when asked) holds the same pair for each prompt
     token after the first.
+    `error` says why a request failed alone in a step (finish_reason "abort"); the others of
+    its batch went on.
     """
 
     token_ids: list[int]
@@ -53,3 +55,4 @@ class StepOutput:
     logprobs: list[float] | None = None
     top_logprobs: list[list[tuple[int, float]]] | None = field(default=None)
     prompt_logprobs: list[tuple[float, list[tuple[int, float]]]] | None = None
+    error: str | None = None

@@ -269,7 +269,12 @@ class DeviceWorker:
         for seq, out in outputs:
             handle = loaded.handles.get(seq.seq_id)
             if handle is not None:
-                items.append((handle, out))
+                if out.error is not None:  # this request failed alone; the batch went on
+                    log.error("%s: a request on %s failed: %s", self.name, model_id, out.error)
+                    failure = EngineFailure(f"the request failed during generation: {out.error}")
+                    items.append((handle, failure))
+                else:
+                    items.append((handle, out))
                 if out.finish_reason is not None:
                     del loaded.handles[seq.seq_id]
         self._reply(self._deliver_step, model_id, loaded.engine.stats(), items)

@@ -4,7 +4,8 @@ Middlewares, outermost first: errors in the OpenAI envelope (cortex.web); with `
 neuron.toml, the bearer token on every route but `/health`; the gate: bodies declared larger
 than `max_body_bytes` get 413 before they are read (a chunked body is cut off while reading,
 also 413), and while draining every route but `/health` and `/metrics` answers 503
-`shutting_down` with Retry-After.
+`shutting_down` with Retry-After. After a request with a body over 1 MiB the freed heap is
+returned to the OS (`release_heap`), so big prompts leave no lasting growth.
 
 `create_app(config)` builds everything from a `NeuronConfig`; the device workers start and stop
 with the app (`cleanup_ctx`), and preloads run in the background after start so `/health`
@@ -28,11 +29,13 @@ from cortex.neuron.metrics import NeuronMetrics
 from cortex.neuron.registry import ModelRegistry
 from cortex.neuron.server import control_routes, openai_routes
 from cortex.neuron.server.state import STATE, NeuronState
+from cortex.process import release_heap
 from cortex.web import Handler, error_middleware, key_auth, payload_too_large
 
 log = logging.getLogger("cortex.neuron")
 OPEN_PATHS = frozenset({"/health"})
 DRAIN_OPEN_PATHS = frozenset({"/health", "/metrics"})
+LARGE_BODY_BYTES = 2**20  # past this, freed memory goes back to the OS after the request
 
 ROUTES = [
     web.get("/health", control_routes.health),
@@ -96,7 +99,12 @@ async def _gate(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise payload_too_large(request)
     if request.app[STATE].draining and request.path not in DRAIN_OPEN_PATHS:
         raise ShuttingDown("this neuron is shutting down", retry_after=5.0)
-    return await handler(request)
+    if (request.content_length or 0) < LARGE_BODY_BYTES:
+        return await handler(request)
+    try:
+        return await handler(request)
+    finally:
+        release_heap()
 
 
 async def _workers(app: web.Application) -> AsyncIterator[None]:

@@ -17,11 +17,10 @@ import logging
 import os
 import signal
 
-from aiohttp import web
-
 from cortex.config import find_config, load_neuron_config, parse_listen, split_listen
 from cortex.errors import ConfigError
 from cortex.process import run, setup_logging
+from cortex.web import ServerLimits, listen, make_runner
 
 log = logging.getLogger("cortex.neuron")
 CANCEL_GRACE_SECONDS = 5.0
@@ -65,13 +64,14 @@ async def _serve(config) -> int:
     host, port = split_listen(config.neuron.listen)
     app = create_app(config, public_url=_public_url(host, port))
     state = app[STATE]
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=CANCEL_GRACE_SECONDS)
+    limits = ServerLimits.of(config.neuron)
+    runner = make_runner(app, limits, shutdown_timeout=CANCEL_GRACE_SECONDS)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as exc:
+        await listen(runner, config.neuron.listen)
+    except ConfigError:
         await runner.cleanup()
-        raise ConfigError(f"cannot listen on {config.neuron.listen}: {exc.strerror}") from None
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -26,7 +26,7 @@ from cortex.errors import CortexError
 from cortex.neuron.generation import Generation, Piece
 from cortex.neuron.server.state import STATE
 from cortex.neuron.text.grammar import compile_request
-from cortex.neuron.text.prompts import build_prompts
+from cortex.neuron.text.prompts import build_prompts, check_prompt_size
 from cortex.web import json_response, read_object, start_sse
 
 log = logging.getLogger("cortex.neuron")
@@ -61,6 +61,7 @@ def _client_gone(request: web.Request) -> bool:
 async def _generate(request: web.Request, req: GenerationRequest) -> web.StreamResponse:
     state = request.app[STATE]
     model = state.manager.get(req.model)
+    check_prompt_size(model.tokenizer, req, model.max_context)
     prompts = await asyncio.to_thread(build_prompts, model.tokenizer, req)
     grammar = await compile_request(model.tokenizer, req, prompts[0])
     gen = Generation(model, req, prompts, state.metrics, grammar)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from cortex.api.openai import GenerationRequest
-from cortex.errors import InvalidRequest
+from cortex.errors import ContextLengthExceeded, InvalidRequest
 from cortex.neuron.text.tokenizer import Tokenizer
 
 
@@ -52,3 +52,31 @@ def _checked(ids: list[int]) -> list[int]:
     if not ids:
         raise InvalidRequest("the prompt is empty", param="prompt")
     return ids
+
+
+def min_prompt_tokens(tokenizer: Tokenizer, req: GenerationRequest) -> int:
+    """A lower bound of the prompt's token count, in time linear in the request's text and
+    without tokenizing: its characters over the most one token can stand for, halved for
+    normalizers that merge characters. Template text and tools only add to the real count."""
+    chars = 0
+    if req.kind == "chat":
+        for message in req.messages or []:
+            content = message.get("content")
+            if isinstance(content, str):
+                chars += len(content)
+            elif isinstance(content, list):
+                chars += sum(len(part.get("text") or "") for part in content)
+    else:  # a batch of completion prompts: the longest one decides
+        ids = max((len(p) for p in req.prompts if not isinstance(p, str)), default=0)
+        chars = max((len(p) for p in req.prompts if isinstance(p, str)), default=0)
+        return max(ids, chars // (2 * tokenizer.max_token_chars))
+    return chars // (2 * tokenizer.max_token_chars)
+
+
+def check_prompt_size(tokenizer: Tokenizer, req: GenerationRequest, max_context: int) -> None:
+    """Refuse at once (400 `context_length_exceeded`) a prompt that cannot fit `max_context`
+    whatever its tokens, before tokenizing it: a 20 MB prompt must not hold the neuron's CPU
+    and memory for seconds only to be refused."""
+    least = min_prompt_tokens(tokenizer, req)
+    if least >= max_context:
+        raise ContextLengthExceeded(least, max_context)

@@ -13,6 +13,7 @@ streamed text would then differ from the text the model produced.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -171,6 +172,12 @@ class Tokenizer:
     def token_id(self, token: str) -> int | None:
         """The id of one token's text, or None when the vocabulary lacks it."""
         return self.hf.token_to_id(token)
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The most characters one token can stand for: the longest vocabulary entry (a
+        byte-level entry spells one byte per character, so it never undercounts)."""
+        return max((len(t) for t in self.hf.get_vocab(with_added_tokens=True)), default=1) or 1
 
     @property
     def has_chat_template(self) -> bool:
