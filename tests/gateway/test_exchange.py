@@ -39,7 +39,8 @@ async def test_openai_and_anthropic_streams_break_alike():
         a.script.reply = Reply(content="hello there", drop=True)
         async with await g.chat("m1", stream=True) as r:
             events = list(SSEParser().feed(await r.read()))
-        assert "mid-stream" in events[-1].json()["error"]["message"]
+        assert events[-1].done  # the error event, then a clean end
+        assert "mid-stream" in events[-2].json()["error"]["message"]
         body = {"model": "m1", "stream": True, **MESSAGE}
         async with g.http.post(g.url + "/v1/messages", json=body) as r:
             await r.read()
