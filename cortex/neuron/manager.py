@@ -104,7 +104,7 @@ class ModelManager:
     def get(self, model_id: str) -> LoadedModel:
         """A loaded model; 400 for an id that could escape the roots, else 404 when absent."""
         check_id(model_id)
-        model = self.models.get(model_id)
+        model = self.models.get(model_id) or self.models.get(self.registry.canonical_id(model_id))
         if model is None:
             raise ModelNotFound(
                 f"model {quoted(model_id)} is not loaded on this neuron (POST /models/load loads it)",
@@ -124,7 +124,9 @@ class ModelManager:
         max_context: int | None = None,
         quantize: str | None = None,
     ) -> tuple[LoadedModel, bool]:
-        """Load `model_id` (or join the load in progress); returns (model, was_already_loaded)."""
+        """Load `model_id` (or join the load in progress); returns (model, was_already_loaded).
+        A GGUF file's id loads under its directory's when that is the same model."""
+        model_id = self.registry.canonical_id(model_id)
         if model_id in self.models:
             return self.models[model_id], True
         if device is not None:

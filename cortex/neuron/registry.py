@@ -129,6 +129,23 @@ class ModelRegistry:
             param="model",
         )
 
+    def canonical_id(self, model_id: str) -> str:
+        """The id a model is loaded under: a GGUF file's id (`Dir/file.gguf`) becomes its
+        directory's (`Dir`) when that directory, as a model id, loads that very file, so both
+        ids share one copy of the weights. Any other id is its own."""
+        parts = check_id(model_id)
+        if len(parts) < 2 or not parts[-1].lower().endswith(".gguf"):
+            return model_id
+        parent_id = "/".join(parts[:-1])
+        try:
+            file, parent = self.resolve(model_id).path, self.resolve(parent_id).path
+        except ModelNotFound:
+            return model_id
+        from cortex.neuron.models.gguf import find_gguf  # torch: only for GGUF ids
+
+        chosen = find_gguf(parent)
+        return parent_id if chosen is not None and chosen.resolve() == file.resolve() else model_id
+
     def download(self, model_id: str) -> ModelLocation:
         """Fetch `model_id` from the Hugging Face hub into the cache (blocking; run in a thread)."""
         parts = check_id(model_id)
