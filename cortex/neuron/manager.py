@@ -21,7 +21,7 @@ import asyncio
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -39,7 +39,7 @@ from cortex.errors import (
 from cortex.neuron.engine import devices
 from cortex.neuron.engine.outputs import EngineStats, LoadedInfo
 from cortex.neuron.engine.request import RequestHandle
-from cortex.neuron.engine.worker import DeviceWorker
+from cortex.neuron.engine.worker import DeviceWorker, LoadOptions
 from cortex.neuron.metrics import NeuronMetrics
 from cortex.neuron.models.dtypes import default_dtype, parse_dtype, resolve_dtype
 from cortex.neuron.models.gguf import gguf_config
@@ -117,12 +117,7 @@ class ModelManager:
         return {m.id: m.stats() for m in list(self.models.values())}
 
     async def load(
-        self,
-        model_id: str,
-        device: str | None = None,
-        dtype: str | None = None,
-        max_context: int | None = None,
-        quantize: str | None = None,
+        self, model_id: str, device: str | None = None, options: LoadOptions | None = None
     ) -> tuple[LoadedModel, bool]:
         """Load `model_id` (or join the load in progress); returns (model, was_already_loaded).
         A GGUF file's id loads under its directory's when that is the same model."""
@@ -138,24 +133,18 @@ class ModelManager:
                 )
         task = self._tasks.get(model_id)
         if task is None:
-            quantize = quantize or self.engine_config.quantize
-            task = asyncio.ensure_future(self._load(model_id, device, dtype, max_context, quantize))
+            options = options or LoadOptions()
+            options = replace(options, quantize=options.quantize or self.engine_config.quantize)
+            task = asyncio.ensure_future(self._load(model_id, device, options))
             self._tasks[model_id] = task
             task.add_done_callback(lambda _: self._tasks.pop(model_id, None))
         return await asyncio.shield(task), False
 
-    async def _load(
-        self,
-        model_id: str,
-        device: str | None,
-        dtype: str | None,
-        max_context: int | None,
-        quantize: str | None,
-    ) -> LoadedModel:
+    async def _load(self, model_id: str, device: str | None, options: LoadOptions) -> LoadedModel:
         """One load, logged when it fails; what the client sees names the model id, never a
         file path (a symlink's target, a models dir): those are in the neuron's log only."""
         try:
-            return await self._load_found(model_id, device, dtype, max_context, quantize)
+            return await self._load_found(model_id, device, options)
         except (InvalidRequest, ModelNotFound) as exc:
             log.warning("load of %s refused: %s", printable(model_id), exc.message)
             raise
@@ -174,12 +163,7 @@ class ModelManager:
             ) from None
 
     async def _load_found(
-        self,
-        model_id: str,
-        device: str | None,
-        dtype: str | None,
-        max_context: int | None,
-        quantize: str | None,
+        self, model_id: str, device: str | None, options: LoadOptions
     ) -> LoadedModel:
         try:
             location = self.registry.resolve(model_id)
@@ -191,7 +175,7 @@ class ModelManager:
         async with self._device_locks[device]:
             self.loading[model_id] = device
             try:
-                return await self._load_on(location, device, dtype, max_context, quantize)
+                return await self._load_on(location, device, options)
             finally:
                 self.loading.pop(model_id, None)
 
@@ -199,20 +183,13 @@ class ModelManager:
         return max(self.workers, key=lambda d: devices.describe(d).free_bytes)
 
     async def _load_on(
-        self,
-        location: ModelLocation,
-        device: str,
-        dtype: str | None,
-        max_context: int | None,
-        quantize: str | None,
+        self, location: ModelLocation, device: str, options: LoadOptions
     ) -> LoadedModel:
-        arch = await asyncio.to_thread(
-            self._preflight, location, device, dtype, max_context, quantize
-        )
+        arch = await asyncio.to_thread(self._preflight, location, device, options)
         tokenizer = await asyncio.to_thread(load_tokenizer, location.path)
         defaults = _generation_defaults(location)
         worker = self.workers[device]
-        info = await worker.load(location.id, location.path, dtype, max_context, quantize)
+        info = await worker.load(location.id, location.path, options)
         model = LoadedModel(
             id=location.id,
             location=location,
@@ -236,18 +213,14 @@ class ModelManager:
         )
         return model
 
-    def _preflight(
-        self,
-        location: ModelLocation,
-        device: str,
-        dtype: str | None,
-        max_context: int | None,
-        quantize: str | None,
-    ) -> str | None:
+    def _preflight(self, location: ModelLocation, device: str, options: LoadOptions) -> str | None:
         """Check the model fits; returns its architecture. Raises 422/507 before allocating."""
         free = devices.describe(device).free_bytes
-        config, run_dtype, weights = weight_footprint(location, device, dtype, quantize)
-        context = min(max_context or config.max_position_embeddings, config.max_position_embeddings)
+        config, run_dtype, weights = weight_footprint(
+            location, device, options.dtype, options.quantize
+        )
+        limit = config.max_position_embeddings
+        context = min(options.max_context or limit, limit)
         kv = context * _kv_bytes_per_token(config, run_dtype.itemsize)
         required = weights + kv
         if required > free:

@@ -20,7 +20,7 @@ from cortex.errors import (
 )
 from cortex.neuron.engine.outputs import StepOutput
 from cortex.neuron.engine.sampling import SamplingParams
-from cortex.neuron.engine.worker import DeviceWorker
+from cortex.neuron.engine.worker import DeviceWorker, LoadOptions
 from cortex.neuron.models.loading import load_model
 from cortex.neuron.offline import LLM
 from tests.support.checkpoints import STORIES
@@ -86,7 +86,7 @@ def test_concurrent_submits_on_the_device_thread(expected):
     async def main():
         worker = DeviceWorker("cpu", CONFIG, loader=recorder)
         worker.start()
-        info = await worker.load("stories", STORIES, "float32")
+        info = await worker.load("stories", STORIES, LoadOptions(dtype="float32"))
         assert (info.dtype, info.max_context) == ("float32", 512)
         assert info.kv_blocks > 0 and info.bytes > 0
         assert await worker.load("stories", STORIES) == info  # already loaded
@@ -117,7 +117,7 @@ def test_cancel_and_thousands_of_cancelled_requests():
     async def main():
         worker = DeviceWorker("cpu", CONFIG)
         worker.start()
-        await worker.load("stories", STORIES, "float32")
+        await worker.load("stories", STORIES, LoadOptions(dtype="float32"))
         handle = worker.submit("stories", PROMPTS[0], LONG)
         got = []
         async for out in handle:
@@ -143,7 +143,7 @@ def test_unload_with_requests_in_flight_and_errors():
     async def main():
         worker = DeviceWorker("cpu", CONFIG)
         worker.start()
-        await worker.load("stories", STORIES, "float32")
+        await worker.load("stories", STORIES, LoadOptions(dtype="float32"))
         with pytest.raises(ContextLengthExceeded):
             worker.submit("stories", [1] * 512, LONG)
         with pytest.raises(ModelNotFound):
@@ -161,7 +161,7 @@ def test_unload_with_requests_in_flight_and_errors():
         with pytest.raises(ModelNotFound):
             await worker.unload("stories")
         # Loading again works, and shutdown fails what is still running.
-        await worker.load("stories", STORIES, "float32")
+        await worker.load("stories", STORIES, LoadOptions(dtype="float32"))
         pending = worker.submit("stories", PROMPTS[0], LONG)
         await pending.__anext__()
         await worker.shutdown()
@@ -181,8 +181,8 @@ def test_failing_step_fails_only_that_models_requests(tmp_path, expected):
     async def main():
         worker = DeviceWorker("cpu", CONFIG, loader=recorder)
         worker.start()
-        await worker.load("good", STORIES, "float32")
-        await worker.load("bad", tmp_path / "broken", "float32")
+        await worker.load("good", STORIES, LoadOptions(dtype="float32"))
+        await worker.load("bad", tmp_path / "broken", LoadOptions(dtype="float32"))
         good = [worker.submit("good", p, sp) for p, sp in zip(PROMPTS, PARAMS, strict=True)]
         bad = [worker.submit("bad", p, LONG) for p in PROMPTS]
         results = await asyncio.gather(*(collect(h) for h in good + bad), return_exceptions=True)

@@ -15,7 +15,7 @@ import torch
 
 from cortex.config import EngineConfig
 from cortex.neuron.engine.sampling import SamplingParams
-from cortex.neuron.engine.worker import DeviceWorker
+from cortex.neuron.engine.worker import DeviceWorker, LoadOptions
 from cortex.neuron.models.loading import load_model
 from cortex.neuron.offline import LLM
 from tests.decoder.paged import PagedRunner
@@ -106,7 +106,7 @@ def device_memory() -> tuple[int, int]:
 
 async def load_generate_unload(worker: DeviceWorker, path: Path) -> int:
     """One cycle through the worker; returns the bytes allocated while the model was loaded."""
-    await worker.load("m", path, "bfloat16")
+    await worker.load("m", path, LoadOptions(dtype="bfloat16"))
     loaded = torch.cuda.memory_allocated(CUDA)
     tokens, _ = await collect(worker.submit("m", [1, 2, 3], GREEDY))
     assert len(tokens) == GREEDY.max_tokens

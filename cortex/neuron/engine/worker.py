@@ -40,6 +40,18 @@ from cortex.neuron.models.quantized import resident_bytes
 
 log = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How one model is loaded: the dtype to run in (None: the default for the device and
+    checkpoint), the context to size it for (None: the model's own), and weight quantization
+    ("int8", "int4", "none"; None: the checkpoint's own, quantized GGUF types kept)."""
+
+    dtype: str | None = None
+    max_context: int | None = None
+    quantize: str | None = None
+
+
 # (path, device, dtype, quantize) -> model
 Loader = Callable[[Path, torch.device, str | None, str | None], torch.nn.Module]
 
@@ -115,18 +127,13 @@ class DeviceWorker:
         self._stats.clear()
 
     async def load(
-        self,
-        model_id: str,
-        path: str | Path,
-        dtype: str | None = None,
-        max_context: int | None = None,
-        quantize: str | None = None,
+        self, model_id: str, path: str | Path, options: LoadOptions | None = None
     ) -> LoadedInfo:
         """Load a model onto this device (a no-op answer if it is already loaded)."""
         self._check_open()
         if model_id in self._infos:
             return self._infos[model_id]
-        info = await self._call(self._load, model_id, Path(path), dtype, max_context, quantize)
+        info = await self._call(self._load, model_id, Path(path), options or LoadOptions())
         self._infos[model_id] = info
         self._stats.setdefault(model_id, EngineStats(kv_blocks_total=info.kv_blocks))
         return info
@@ -292,20 +299,13 @@ class DeviceWorker:
 
     # Commands (run on the device thread)
 
-    def _load(
-        self,
-        model_id: str,
-        path: Path,
-        dtype: str | None,
-        max_context: int | None,
-        quantize: str | None,
-    ) -> LoadedInfo:
+    def _load(self, model_id: str, path: Path, options: LoadOptions) -> LoadedInfo:
         if model_id in self._models:
             return self._models[model_id].info
         start = time.perf_counter()
-        model = self._loader(path, self.device, dtype, quantize)
+        model = self._loader(path, self.device, options.dtype, options.quantize)
         try:
-            engine = LLMEngine(model, self.config, max_context)
+            engine = LLMEngine(model, self.config, options.max_context)
         except BaseException:
             del model
             self._release_memory()

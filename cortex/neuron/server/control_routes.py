@@ -18,6 +18,7 @@ from cortex.config import QUANTIZE_VALUES
 from cortex.errors import InvalidRequest
 from cortex.neuron import registry
 from cortex.neuron.engine import devices
+from cortex.neuron.engine.worker import LoadOptions
 from cortex.neuron.metrics import CONTENT_TYPE
 from cortex.neuron.server.state import STATE, NeuronState
 from cortex.neuron.text.prompts import build_prompt
@@ -131,7 +132,8 @@ async def load(request: web.Request) -> web.Response:
         raise InvalidRequest(f"'quantize' must be one of {list(QUANTIZE_VALUES)}", param="quantize")
     if dtype is not None and dtype.lower() == "auto":
         dtype = None
-    model, _ = await state.manager.load(model_id, device, dtype, max_context, quantize)
+    options = LoadOptions(dtype, max_context, quantize)
+    model, _ = await state.manager.load(model_id, device, options)
     return json_response(
         {
             "model": model.id,
