@@ -20,6 +20,7 @@ from typing import Any, Literal
 import aiohttp
 import orjson
 
+from cortex.api.openai import reasoning_text
 from cortex.api.sse import SSEParser
 from cortex.commands.client import remote_error
 from cortex.errors import ModelNotFound, Unreachable, UpstreamError
@@ -153,7 +154,7 @@ async def _apply(
         raise remote_error(502, chunk, url)
     for choice in chunk.get("choices") or []:
         delta = choice.get("delta") or {}
-        if reasoning := delta.get("reasoning_content") or delta.get("reasoning"):
+        if reasoning := reasoning_text(delta):
             answer.reasoning += reasoning
             await on_delta("reasoning", reasoning)
         if text := delta.get("content"):

@@ -21,6 +21,7 @@ from typing import Any
 
 from cortex.api import tool_calls
 from cortex.api.limits import check_sampling
+from cortex.api.openai import reasoning_text
 from cortex.errors import CortexError, InvalidRequest, UpstreamError
 
 # Claude Code puts a per-conversation attribution line first in `system`; it changes between
@@ -236,7 +237,7 @@ class StreamTranslator:
             self._usage = chunk["usage"]
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            reasoning = reasoning_text(delta)
             if reasoning:
                 events += self._emit("thinking", {"type": "thinking_delta", "thinking": reasoning})
             if delta.get("content"):
@@ -295,17 +296,16 @@ class StreamTranslator:
 
     def _tool_call(self, fragment: dict[str, Any]) -> list[dict[str, Any]]:
         """A tool call fragment: its block opens once its name is known, arguments stream."""
-        n, call = tool_calls.merge(self._tools, fragment)
+        step = tool_calls.advance(self._tools, fragment)
+        if step is None:
+            return []
         events: list[dict[str, Any]] = []
-        if not call.opened:
-            if not call.name:
-                return []
-            call.opened = True
+        if step.opens:
+            call = step.call
             block = empty_block("tool_use", id=call.id or new_id("toolu"), name=call.name)
-            events = [*self._close(), *self._open_block(n, block)]
-        if call.args:
-            partial = {"type": "input_json_delta", "partial_json": call.args}
+            events = [*self._close(), *self._open_block(step.index, block)]
+        if step.args:
+            partial = {"type": "input_json_delta", "partial_json": step.args}
             events.append(block_delta(self._index, partial))
-            call.args = ""
             self._deltas += 1
         return events

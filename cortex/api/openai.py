@@ -24,6 +24,7 @@ from cortex.api.openai_request import (
     parse_completion,
     resolve_sampling,
 )
+from cortex.errors import UpstreamError
 
 __all__ = [
     "PROMPT_TOKENS_HEADER",
@@ -276,3 +277,18 @@ def tool_call_delta(index: int, call_id: str | None, name: str | None, arguments
 def model_card(model_id: str, created: int, owned_by: str = "cortex", **extra: Any) -> dict:
     """One entry of `/v1/models`."""
     return {"id": model_id, "object": "model", "created": created, "owned_by": owned_by, **extra}
+
+
+def reasoning_text(message: dict[str, Any]) -> str:
+    """The reasoning in a chat message or stream delta: `reasoning_content` (what cortex and
+    older vLLM write), else `reasoning` (newer vLLM, OpenRouter)."""
+    return message.get("reasoning_content") or message.get("reasoning") or ""
+
+
+def first_message(completion: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The first choice of a whole chat completion and its message (the translations answer
+    one choice); `UpstreamError` when the answer has none."""
+    choices = completion.get("choices") or []
+    if not choices:
+        raise UpstreamError("the model's answer has no choices")
+    return choices[0], choices[0].get("message") or {}

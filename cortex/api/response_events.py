@@ -26,6 +26,7 @@ from typing import Any
 
 from cortex.api import response_object as objects
 from cortex.api import sse, tool_calls
+from cortex.api.openai import reasoning_text
 from cortex.api.responses import ITEM_PREFIXES, new_id
 from cortex.errors import CortexError, UpstreamError
 
@@ -93,7 +94,7 @@ class ResponseStream:
             self._usage = chunk["usage"]
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            reasoning = reasoning_text(delta)
             if reasoning:
                 events += self._emit("reasoning", reasoning)
             if delta.get("content"):
@@ -203,24 +204,23 @@ class ResponseStream:
 
     def _tool_call(self, fragment: dict[str, Any]) -> list[dict[str, Any]]:
         """A tool call fragment: its item opens once its name is known, arguments stream."""
-        n, call = tool_calls.merge(self._tools, fragment)
+        step = tool_calls.advance(self._tools, fragment)
+        if step is None:
+            return []
+        call = step.call
         events: list[dict[str, Any]] = []
-        if not call.opened:
-            if not call.name:
-                return []
-            call.opened = True
+        if step.opens:
             call.id = call.id or new_id("call")
             events = self._close()
-            self._open, self._text = n, ""
+            self._open, self._text = step.index, ""
             self._item_id = new_id(ITEM_PREFIXES["function_call"])
             item = objects.function_call_item(call.id, call.name, "", self._item_id, "in_progress")
             events.append(
                 self._event("response.output_item.added", output_index=len(self._output), item=item)
             )
-        if call.args:
-            delta, call.args = call.args, ""
-            self._text += delta
+        if step.args:
+            self._text += step.args
             events.append(
-                self._event("response.function_call_arguments.delta", **self._at(), delta=delta)
+                self._event("response.function_call_arguments.delta", **self._at(), delta=step.args)
             )
         return events

@@ -22,8 +22,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from cortex.api.openai import first_message, reasoning_text
 from cortex.api.responses import ITEM_PREFIXES, new_id
-from cortex.errors import CortexError, UpstreamError
+from cortex.errors import CortexError
 
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
@@ -146,13 +147,9 @@ def failed(response: dict[str, Any], output: list[dict], error: CortexError) -> 
 
 def from_chat_completion(response: dict[str, Any], completion: dict[str, Any]) -> dict[str, Any]:
     """The finished Response for a whole OpenAI chat completion (non-streaming)."""
-    choices = completion.get("choices") or []
-    if not choices:
-        raise UpstreamError("the model's answer has no choices")
-    choice = choices[0]
-    reply = choice.get("message") or {}
+    choice, reply = first_message(completion)
     output: list[dict[str, Any]] = []
-    reasoning = reply.get("reasoning_content") or reply.get("reasoning")
+    reasoning = reasoning_text(reply)
     if reasoning:
         output.append(reasoning_item(reasoning))
     if reply.get("content"):

@@ -26,8 +26,29 @@ class PendingCall:
     closed: bool = False
 
 
-def merge(calls: dict[int, PendingCall], fragment: dict[str, Any]) -> tuple[int, PendingCall]:
-    """Add one `delta.tool_calls[]` fragment to `calls`; its index and call."""
+@dataclass
+class CallStep:
+    """What one fragment asks of a translator: open the call's block now (`opens`, the name just
+    became known) and pass on `args`."""
+
+    index: int
+    call: PendingCall
+    opens: bool
+    args: str
+
+
+def advance(calls: dict[int, PendingCall], fragment: dict[str, Any]) -> CallStep | None:
+    """Add one `delta.tool_calls[]` fragment to `calls`; None while its call has no name yet
+    (its arguments wait until the block can open)."""
+    n, call = _merge(calls, fragment)
+    if not call.opened and not call.name:
+        return None
+    opens, call.opened = not call.opened, True
+    args, call.args = call.args, ""
+    return CallStep(n, call, opens, args)
+
+
+def _merge(calls: dict[int, PendingCall], fragment: dict[str, Any]) -> tuple[int, PendingCall]:
     n = int(fragment.get("index") or 0)
     call = calls.setdefault(n, PendingCall())
     if call.closed:

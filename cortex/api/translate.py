@@ -36,7 +36,8 @@ import json
 from typing import Any
 
 from cortex.api import anthropic
-from cortex.errors import InvalidRequest, UpstreamError
+from cortex.api.openai import first_message, reasoning_text
+from cortex.errors import InvalidRequest
 
 _JOIN = "\n\n"
 
@@ -307,13 +308,9 @@ def to_anthropic_message(
     response: dict[str, Any], *, model: str, stop_sequences: list[str] | None = None
 ) -> dict[str, Any]:
     """An Anthropic `Message` for an OpenAI chat completion (non-streaming)."""
-    choices = response.get("choices") or []
-    if not choices:
-        raise UpstreamError("the model's answer has no choices")
-    choice = choices[0]
-    reply = choice.get("message") or {}
+    choice, reply = first_message(response)
     content: list[dict[str, Any]] = []
-    reasoning = reply.get("reasoning_content") or reply.get("reasoning")
+    reasoning = reasoning_text(reply)
     if reasoning:
         content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
     if reply.get("content"):
