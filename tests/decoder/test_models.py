@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
+from cortex.neuron.models.llama import rms_normalize
 from cortex.neuron.models.loading import load_model
 from tests.decoder.paged import PagedRunner
 from tests.support.checkpoints import make_tiny_checkpoint
@@ -128,3 +130,14 @@ def test_bfloat16_load_runs(checkpoints: dict[str, Path]) -> None:
     assert model.dtype == torch.bfloat16
     out = PagedRunner(model).greedy(PROMPTS[:2], 4)
     assert [len(o) for o in out] == [4, 4]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(1, 576), (37, 576), (5, 9, 64)])
+def test_rms_normalize_equals_fp32_rms_norm_bit_for_bit(dtype, shape) -> None:
+    """The one-layer_norm RMSNorm gives what an fp32 rms_norm cast back gives, exactly."""
+    gen = torch.Generator().manual_seed(0)
+    for scale in (1e-3, 1.0, 50.0):
+        x = (torch.randn(shape, generator=gen) * scale).to(dtype)
+        expected = F.rms_norm(x.float(), (shape[-1],), eps=1e-6).to(dtype)
+        assert torch.equal(rms_normalize(x, 1e-6), expected)
