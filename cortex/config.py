@@ -154,7 +154,11 @@ class EngineConfig:
     #: max_context need, within `kv_cache_memory` of the memory available after the weights.
     cpu_kv_cache_bytes: ByteSize | None = None
     block_size: int = 16
-    max_prefill_tokens: int = 2048
+    #: Token budget of one engine step: one token for each running decode, the rest for prompt
+    #: chunks. At least `max_batch` (every running sequence decodes in each step); it need not
+    #: reach max_context, since a longer prompt prefills over several steps. Larger prefills
+    #: faster, smaller keeps each step (so every stream's next token) shorter.
+    max_num_batched_tokens: int = 2048
     prefix_cache: bool = True
     cuda_graphs: bool = True
     #: Compute threads of a CPU worker; 0: every core this process may run on.
@@ -169,7 +173,11 @@ class EngineConfig:
             ("max_batch", self.max_batch >= 1, "must be at least 1"),
             ("kv_cache_memory", 0 < self.kv_cache_memory <= 1, "must be in (0, 1]"),
             ("block_size", self.block_size >= 1, "must be at least 1"),
-            ("max_prefill_tokens", self.max_prefill_tokens >= 1, "must be at least 1"),
+            (
+                "max_num_batched_tokens",
+                self.max_num_batched_tokens >= max(1, self.max_batch),
+                "must be at least max_batch (one decode token for every running sequence)",
+            ),
         )
         for name, ok, problem in checks:
             if not ok:

@@ -95,6 +95,16 @@ def test_neuron_config_defaults_and_paths(tmp_path: Path) -> None:
         load_neuron_config(write(tmp_path / "bad.toml", "[engine]\nkv_cache_memory = 2\n"))
 
 
+def test_engine_token_budget(tmp_path: Path) -> None:
+    assert load_neuron_config(None).engine.max_num_batched_tokens == 2048
+    # Below max_context is fine (long prompts prefill in chunks), below max_batch is not.
+    small = "[engine]\nmax_batch = 8\nmax_num_batched_tokens = 8\n"
+    assert load_neuron_config(write(tmp_path / "ok.toml", small)).engine.max_num_batched_tokens == 8
+    for bad in ("max_batch = 8\nmax_num_batched_tokens = 7", "max_num_batched_tokens = 0"):
+        with pytest.raises(ConfigError, match="engine.max_num_batched_tokens.*max_batch"):
+            load_neuron_config(write(tmp_path / "bad.toml", f"[engine]\n{bad}\n"))
+
+
 def test_parsers() -> None:
     assert parse_duration("30s") == 30 and parse_duration(5) == 5 and parse_duration("0") == 0
     assert parse_size("1.5GB") == 1_500_000_000 and parse_size(10) == 10

@@ -26,7 +26,7 @@ BUDGETS = [20, 6, 14, 10]
 @pytest.mark.parametrize("arch", ARCHS)
 def test_engine_greedy_equals_transformers(tmp_path: Path, arch: str) -> None:
     path = make_checkpoint(arch, tmp_path / arch, seed=2)
-    config = EngineConfig(max_batch=4, block_size=4, max_prefill_tokens=7, cuda_graphs=False)
+    config = EngineConfig(max_batch=4, block_size=4, max_num_batched_tokens=7, cuda_graphs=False)
     llm = LLM(path, "cpu", torch.float32, config=config)
     params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in BUDGETS]
     first = llm.generate(PROMPTS, params)

@@ -16,7 +16,9 @@ from cortex.neuron.offline import LLM
 from tests.support.checkpoints import STORIES
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
-ROOMY = EngineConfig(block_size=4, max_batch=8, max_prefill_tokens=64, cuda_graphs=False)
+ROOMY = EngineConfig(block_size=4, max_batch=8, max_num_batched_tokens=64, cuda_graphs=False)
+#: A budget no prompt here reaches: every prompt prefills whole in one step.
+WHOLE = EngineConfig(block_size=4, max_batch=16, max_num_batched_tokens=4096, cuda_graphs=False)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +99,7 @@ def test_preemption_under_tiny_kv_budget(model):
     ps, params = prompts(8, seed=2), mixed_params(8)
     # Blocks of 4 tokens cost 4*2*5*4*8*4 bytes = 5 KiB; 24 blocks hold about 2 sequences.
     tight = EngineConfig(
-        block_size=4, max_batch=8, max_prefill_tokens=32, cpu_kv_cache_bytes=25 * 5120,
+        block_size=4, max_batch=8, max_num_batched_tokens=32, cpu_kv_cache_bytes=25 * 5120,
         cuda_graphs=False,
     )  # fmt: skip
     llm = LLM(model=model, config=tight, max_context=96)
@@ -163,3 +165,60 @@ def test_stop_token_is_not_emitted_and_context_limit(model):
     assert long.finish_reason == "length" and len(long) == 32
     with pytest.raises(ContextLengthExceeded):
         engine.add_request([1] * 32, GREEDY)
+
+
+def run_recording(model, config: EngineConfig, ps, params) -> tuple[list, LLMEngine, list]:
+    """Run every prompt at once; returns the sequences, the engine, and per step
+    (decode rows, prompt-chunk tokens)."""
+    engine = LLMEngine(model, config)
+    schedule = engine.scheduler.schedule
+    steps: list[tuple[int, int]] = []
+
+    def recording_schedule():
+        batch = schedule()
+        if batch is not None:
+            steps.append((len(batch.decodes), batch.num_prefill_tokens))
+        return batch
+
+    engine.scheduler.schedule = recording_schedule
+    seqs = [engine.add_request(p, sp) for p, sp in zip(ps, params, strict=True)]
+    while engine.has_work:
+        engine.step()
+    return seqs, engine, steps
+
+
+def test_chunked_mixed_steps_give_the_tokens_of_whole_prefills(model):
+    shared = prompts(1, seed=6)[0] + list(range(200, 240))  # a prefix longer than the budget
+    ps = [*prompts(5, seed=7), shared + [11, 12], shared + [13], shared[:30] + [14, 15, 16]]
+    params = [GREEDY] * len(ps) + mixed_params(len(ps))
+    ps = ps + ps
+    small = EngineConfig(block_size=4, max_batch=16, max_num_batched_tokens=16, cuda_graphs=False)
+    whole, _, whole_steps = run_recording(model, WHOLE, ps, params)
+    chunked, engine, steps = run_recording(model, small, ps, params)
+    assert [s.output_ids for s in chunked] == [s.output_ids for s in whole]
+    assert all(len(s.output_ids) == sp.max_tokens for s, sp in zip(chunked, params, strict=True))
+    # The huge budget prefilled every prompt whole in its first step; the small one chunked
+    # them and mixed the chunks with decodes.
+    assert whole_steps[0] == (0, sum(len(p) for p in ps))
+    assert all(d + n <= 16 for d, n in steps)
+    assert sum(1 for d, n in steps if d and n) >= 5
+    assert engine.stats().prefix_hits > 0  # later prompts reuse the shared prefix's blocks
+    assert engine.stats().prompt_tokens == sum(n for _, n in steps)
+
+
+def test_prompt_logprobs_survive_chunking(model):
+    ps = [prompts(1, seed=8)[0] + list(range(300, 330)), prompts(1, seed=9)[0]]
+    params = [
+        SamplingParams(temperature=0.0, max_tokens=3, prompt_logprobs=True, top_logprobs=3),
+        SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True),
+    ]
+    whole, _, whole_steps = run_recording(model, WHOLE, ps, params)
+    small = EngineConfig(block_size=4, max_batch=4, max_num_batched_tokens=5, cuda_graphs=False)
+    chunked, _, steps = run_recording(model, small, ps, params)
+    assert whole_steps[0] == (0, sum(len(p) for p in ps))
+    assert max(n for _, n in steps) == 5 and len(steps) > len(ps[0]) // 5
+    got, want = chunked[0].prompt_logprobs, whole[0].prompt_logprobs
+    assert len(got) == len(want) == len(ps[0]) - 1
+    assert [lp for lp, _ in got] == pytest.approx([lp for lp, _ in want], abs=1e-4)
+    assert [[i for i, _ in top] for _, top in got] == [[i for i, _ in top] for _, top in want]
+    assert [s.output_ids for s in chunked] == [s.output_ids for s in whole]

@@ -35,6 +35,15 @@ def check_invariants(sched: Scheduler) -> None:
         assert len(seq.block_table) * bm.block_size >= seq.num_computed + seq.num_scheduled
 
 
+def run_steps(sched: Scheduler, seqs: list[Sequence], steps: int) -> None:
+    """Add `seqs` and run `steps` steps."""
+    for seq in seqs:
+        sched.add(seq)
+    for _ in range(steps):
+        batch = sched.schedule()
+        sched.finish_step(batch, [next_token(s) for s in batch.sampling])
+
+
 def run(sched: Scheduler, seqs: list[Sequence], join_at: dict[int, list[Sequence]] | None = None):
     """Drive the scheduler to completion; returns the batches it produced."""
     for seq in seqs:
@@ -49,6 +58,8 @@ def run(sched: Scheduler, seqs: list[Sequence], join_at: dict[int, list[Sequence
         if batch is None:
             continue
         check_invariants(sched)
+        assert batch.num_tokens <= sched.max_num_batched_tokens
+        assert all(s.status is SequenceStatus.RUNNING and s.num_scheduled for s in batch.seqs)
         batches.append((batch.is_decode, [(s.seq_id, s.num_scheduled) for s in batch.seqs]))
         sched.finish_step(batch, [next_token(s) for s in batch.sampling])
         check_invariants(sched)
@@ -120,44 +131,108 @@ def test_lru_evicts_least_recently_freed_and_deepest_first():
     assert d.block_table[:2] == b_blocks and d.num_cached_tokens == 4
 
 
-def test_chunked_prefill_respects_budget_and_alternates_with_decode():
-    bm = BlockManager(num_blocks=64, block_size=4)
-    sched = Scheduler(bm, max_batch=8, max_prefill_tokens=8)
-    short = make_seq(0, [5, 6, 7], max_tokens=6)
-    long = make_seq(1, list(range(1, 30)), max_tokens=2)
+def test_long_prompt_prefills_in_chunks_and_samples_only_at_its_end():
+    sched = Scheduler(
+        BlockManager(num_blocks=64, block_size=4), max_batch=4, max_num_batched_tokens=8
+    )
+    long = make_seq(0, list(range(1, 30)), max_tokens=2)
+    sched.add(long)
+    chunks = []
+    while long.num_output_tokens == 0:
+        batch = sched.schedule()
+        assert batch.chunks == [long] and not batch.decodes and not batch.is_decode
+        chunks.append(long.num_scheduled)
+        assert batch.sampling == ([long] if sum(chunks) == 29 else [])
+        sched.finish_step(batch, [next_token(s) for s in batch.sampling])
+        assert long.num_computed == sum(chunks)
+    assert chunks == [8, 8, 8, 5]
+    batch = sched.schedule()  # the first generated token decodes alone: the fast path
+    assert batch.is_decode and batch.decodes == [long] and batch.sampling == [long]
+
+
+def test_a_step_mixes_every_decode_with_prompt_chunks_under_the_budget():
+    sched = Scheduler(
+        BlockManager(num_blocks=64, block_size=4), max_batch=8, max_num_batched_tokens=8
+    )
+    a, b = make_seq(0, [5, 6, 7], max_tokens=50), make_seq(1, [8, 9], max_tokens=50)
+    run_steps(sched, [a, b], 2)
+    long = make_seq(2, list(range(1, 30)), max_tokens=2)
+    sched.add(long)
+    batch = sched.schedule()
+    # Decodes first, then the prompt's chunk takes what the decodes left of the budget.
+    assert batch.decodes == [a, b] and batch.chunks == [long] and long.num_scheduled == 6
+    assert batch.seqs == [a, b, long] and batch.sampling == [a, b] and not batch.is_decode
+    assert batch.num_tokens == 8 and batch.num_prefill_tokens == 6
+
+
+def test_decodes_keep_producing_tokens_during_a_long_prefill():
+    sched = Scheduler(
+        BlockManager(num_blocks=256, block_size=4), max_batch=8, max_num_batched_tokens=8
+    )
+    short = make_seq(0, [5, 6, 7], max_tokens=100)
+    long = make_seq(1, list(range(1, 200)), max_tokens=3)
     batches = run(sched, [short], join_at={2: [long]})
-    for is_decode, items in batches:
-        assert sum(n for _, n in items) <= (len(items) if is_decode else 8)
-    # The long prompt is split into chunks of at most 8, and decodes of `short` interleave.
-    long_chunks = [n for d, items in batches if not d for i, n in items if i == 1]
-    assert sum(long_chunks) == 29 and max(long_chunks) == 8 and len(long_chunks) == 4
-    kinds = [d for d, items in batches if any(i == 0 for i, _ in items) or not d]
-    assert True in kinds[2:6] and False in kinds[2:6]
-    assert long.finish_reason == "length" and long.num_output_tokens == 2
-    assert short.num_output_tokens == 6
+    long_steps = [items for _, items in batches if any(i == 1 for i, _ in items)]
+    chunks = [n for items in long_steps for i, n in items if i == 1]
+    # 199 prompt tokens at most 7 a step (the decode takes one), then 2 decodes of its own.
+    assert sum(chunks) == 199 + 2 and len(long_steps) == -(-199 // 7) + 2
+    # `short` got a token in every one of those steps, the prompt's included.
+    assert all((0, 1) in items for items in long_steps[: 199 // 7])
+    assert all(sum(n for _, n in items) <= 8 for _, items in batches)
+    assert short.num_output_tokens == 100 and long.num_output_tokens == 3
 
 
-def test_preemption_under_tiny_cache_gives_identical_tokens():
+@pytest.mark.parametrize("budget", [6, 9, 16])
+def test_preemption_under_tiny_cache_gives_identical_tokens(budget):
     rng = random.Random(0)
     prompts = [[rng.randrange(1, 50) for _ in range(rng.randrange(3, 20))] for _ in range(12)]
 
     def outputs(num_blocks: int) -> tuple[list[list[int]], int]:
         bm = BlockManager(num_blocks=num_blocks, block_size=4)
-        sched = Scheduler(bm, max_batch=6, max_prefill_tokens=16)
+        sched = Scheduler(bm, max_batch=6, max_num_batched_tokens=budget)
         seqs = [make_seq(i, p, max_tokens=10) for i, p in enumerate(prompts)]
-        run(sched, seqs)
+        batches = run(sched, seqs)
         assert bm.num_used == 0
         assert all(s.is_finished for s in seqs)
-        return [s.output_ids for s in seqs], sched.num_preemptions
+        mixed = sum(1 for d, items in batches if not d and any(n == 1 for _, n in items))
+        return [s.output_ids for s in seqs], sched.num_preemptions, mixed
 
-    roomy, roomy_preempted = outputs(256)
-    tight, tight_preempted = outputs(8)  # one sequence of 30 tokens needs all 8 blocks
-    assert roomy_preempted == 0 and tight_preempted > 0
+    roomy, roomy_preempted, _ = outputs(256)
+    tight, tight_preempted, tight_mixed = outputs(8)  # a sequence of 30 tokens needs all 8
+    assert roomy_preempted == 0 and tight_preempted > 0 and tight_mixed > 0
     assert tight == roomy
 
 
+def test_a_prompt_chunk_short_of_blocks_gives_way_to_the_decodes():
+    def outputs(num_blocks: int) -> tuple[Sequence, Sequence, list, int]:
+        sched = Scheduler(BlockManager(num_blocks, 4), max_batch=4, max_num_batched_tokens=8)
+        short = make_seq(0, [1, 2, 3], max_tokens=20)
+        long = make_seq(1, list(range(4, 32)), max_tokens=3)  # 7 blocks of the 8
+        preempted_mid_prompt = 0
+        batches = []
+        for seq in (short, long):
+            sched.add(seq)
+        while sched.has_work:
+            batch = sched.schedule()
+            batches.append([s.seq_id for s in batch.decodes])
+            sched.finish_step(batch, [next_token(s) for s in batch.sampling])
+            check_invariants(sched)
+            if long.status is SequenceStatus.WAITING and long.num_preemptions:
+                preempted_mid_prompt += long.num_output_tokens == 0
+        return short, long, batches, preempted_mid_prompt
+
+    short, long, batches, preempted = outputs(8)
+    roomy_short, roomy_long, _, _ = outputs(64)
+    # `long`'s chunks fill the cache while `short` decodes; the chunk that no longer fits
+    # preempts the newest sequence, `long` itself, and `short` decodes on without missing a
+    # step. `long` prefills again once there is room, and its tokens are unchanged.
+    assert preempted > 0 and long.num_preemptions > 0
+    assert all(b[:1] == [0] for b in batches[1:20])
+    assert (short.output_ids, long.output_ids) == (roomy_short.output_ids, roomy_long.output_ids)
+
+
 def test_stop_token_eos_and_max_len():
-    sched = Scheduler(BlockManager(16, 4), max_batch=4, max_prefill_tokens=64)
+    sched = Scheduler(BlockManager(16, 4), max_batch=4, max_num_batched_tokens=64)
     probe = make_seq(0, [1, 2, 3])
     stop = next_token(probe)
     a = make_seq(1, [1, 2, 3], eos_token_ids=[stop])
@@ -170,7 +245,7 @@ def test_stop_token_eos_and_max_len():
 
 
 def test_max_batch_limits_running():
-    sched = Scheduler(BlockManager(128, 4), max_batch=3, max_prefill_tokens=1000)
+    sched = Scheduler(BlockManager(128, 4), max_batch=3, max_num_batched_tokens=1000)
     seqs = [make_seq(i, [i + 1, 2, 3], max_tokens=4) for i in range(7)]
     for seq in seqs:
         sched.add(seq)
@@ -184,7 +259,7 @@ def test_max_batch_limits_running():
 @pytest.mark.parametrize("phase", ["waiting", "prefilling", "decoding"])
 def test_thousands_of_aborts_leak_nothing(phase):
     bm = BlockManager(num_blocks=1024, block_size=4)
-    sched = Scheduler(bm, max_batch=8, max_prefill_tokens=8)
+    sched = Scheduler(bm, max_batch=8, max_num_batched_tokens=8)
     keeper = make_seq(0, [9, 9, 9, 9, 9, 1], max_tokens=10**6)
     sched.add(keeper)
     sched.finish_step(sched.schedule(), [1])
@@ -206,6 +281,11 @@ def test_thousands_of_aborts_leak_nothing(phase):
 def test_engine_config_checks_its_ranges():
     config = EngineConfig(max_batch=4, cpu_kv_cache_bytes=parse_size("64MiB"), cuda_graphs=False)
     assert (config.max_batch, config.cpu_kv_cache_bytes, config.cuda_graphs) == (4, 2**26, False)
-    for bad in ({"kv_cache_memory": 0.0}, {"max_prefill_tokens": 0}, {"block_size": 0}):
+    for bad in (
+        {"kv_cache_memory": 0.0},
+        {"max_num_batched_tokens": 0},
+        {"max_batch": 8, "max_num_batched_tokens": 7},
+        {"block_size": 0},
+    ):
         with pytest.raises(ValueError):
             EngineConfig(**bad)

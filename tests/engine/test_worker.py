@@ -25,7 +25,7 @@ from cortex.neuron.models.loading import load_model
 from cortex.neuron.offline import LLM
 from tests.support.checkpoints import STORIES
 
-CONFIG = EngineConfig(block_size=8, max_batch=16, max_prefill_tokens=128, cuda_graphs=False)
+CONFIG = EngineConfig(block_size=8, max_batch=16, max_num_batched_tokens=128, cuda_graphs=False)
 PROMPTS = [[1, 403, 407], [1, 260, 261, 262, 263, 264, 265], [1, 300], [1, 410, 411, 412, 413]]
 PARAMS = [
     SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True),

@@ -65,7 +65,7 @@ def test_anthropic_bounds_name_the_field(field, value):
 
 def test_a_failing_request_fails_alone_in_the_engine_step():
     model = load_model(STORIES, torch.device("cpu"), torch.float32)
-    config = EngineConfig(block_size=4, max_batch=4, max_prefill_tokens=64, cuda_graphs=False)
+    config = EngineConfig(block_size=4, max_batch=4, max_num_batched_tokens=64, cuda_graphs=False)
     engine = LLMEngine(model, config)
     good = [
         engine.add_request(

@@ -48,7 +48,7 @@ class LLMEngine:
         self.runner = ModelRunner(model, config, min(max_context or limit, limit))
         self.max_context = self.runner.max_context
         self.blocks = BlockManager(self.runner.num_blocks, config.block_size, config.prefix_cache)
-        self.scheduler = Scheduler(self.blocks, config.max_batch, config.max_prefill_tokens)
+        self.scheduler = Scheduler(self.blocks, config.max_batch, config.max_num_batched_tokens)
         self.eos_token_ids = list(model.config.eos_token_id)
         self._counts = _Counters()
 
@@ -87,8 +87,7 @@ class LLMEngine:
         if batch is None:
             return []
         sampled = self.runner.run(batch)
-        if not batch.is_decode:
-            self._counts.prompt_tokens += batch.num_tokens
+        self._counts.prompt_tokens += batch.num_prefill_tokens
         failed = [(batch.sampling[i], why) for i, why in sampled.failed.items()]
         if failed:
             # Only the rows that sampled go on; the failed ones leave the batch below.

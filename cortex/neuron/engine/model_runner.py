@@ -135,10 +135,11 @@ class ModelRunner:
             hidden = self.graphs.forward(input_ids, positions, attn)
         else:
             hidden = self.model(input_ids, positions, attn)
+        if not batch.is_decode:
+            # Before the early return: a chunk that does not finish its prompt still scores it.
+            self._prompt_logprobs(batch, hidden, attn.query_start_loc_host)
         if not batch.sampling:
             return SampledTokens([])
-        if not batch.is_decode:
-            self._prompt_logprobs(batch, hidden, attn.query_start_loc_host)
         rows = hidden if last_rows is None else hidden[last_rows]
         logits = self.model.compute_logits(rows)
         params = [s.params for s in batch.sampling]
@@ -233,7 +234,9 @@ class ModelRunner:
         Block tables are padded with the scratch block to the widest table in the batch. A
         decode step (one token per sequence, all of them sampling) is built with plain Python
         over its few sequences and one tensor per field; its last-token rows are None (every
-        row samples). A prefill step is built with vectorised ops over its many tokens.
+        row samples). A step with prompt chunks (decode rows are then one-token queries among
+        them) is built with vectorised ops over its many tokens; only the last token of each
+        sampling sequence gets logits.
         """
         seqs = batch.seqs
         bs = self.block_size

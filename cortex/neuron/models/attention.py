@@ -5,10 +5,11 @@ kv_heads, head_dim]`. A sequence owns a list of blocks (its row of `block_tables
 at position p lives in slot `block_tables[seq][p // block_size] * block_size + p % block_size`.
 The engine computes `slot_mapping` (the slot of each new token) and the block tables.
 
-A step is either a prefill (any query lengths; sequences packed one after another in the
-flat token batch) or a decode (every query length is 1). Prefill loops over sequences and may
-sync with the host; decode is one batched gather + masked SDPA with static shapes and no host
-sync, so a CUDA graph can capture it.
+A step is either a prefill (any query lengths, sequences packed one after another in the flat
+token batch: prompt chunks and, in a mixed step, decodes as one-token queries) or a decode
+(every query length is 1). Prefill loops over sequences and may sync with the host; decode is
+one batched gather + masked SDPA with static shapes and no host sync, so a CUDA graph can
+capture it.
 
 Each layer passes its own sliding window (None: global), score scale (None: 1/sqrt(head_dim))
 and tanh soft-cap (Gemma 2); a window is only a mask over the blocks a sequence holds.
