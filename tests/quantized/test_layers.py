@@ -10,6 +10,8 @@ dequantized weight):
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +20,18 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
 from torch import nn
 
+from cortex.neuron.models.architectures import build_model
 from cortex.neuron.models.dequant import BlockTensor, dequantize
 from cortex.neuron.models.loading import load_model, model_weight_bytes
+from cortex.neuron.models.model_config import ModelConfig
 from cortex.neuron.models.quantized import (
     BlockEmbedding,
+    ConcatLinear,
     Int4Linear,
     Int8Linear,
     Pending,
+    RowsOf,
+    planned_bytes,
     resident_bytes,
 )
 from tests.gguf.test_tiny_models import prefill_logits
@@ -35,6 +42,7 @@ INT4 = [Q.Q4_0, Q.Q4_1, Q.Q4_K]
 INT8 = [Q.Q8_0, Q.Q5_0, Q.Q5_1, Q.Q5_K, Q.Q6_K]
 K_SCALE_OFFSETS = {Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
 ROWS, COLS = 48, 512
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 
 
 def blocks(qtype: GGMLQuantizationType, rows: int = ROWS, seed: int = 0) -> BlockTensor:
@@ -95,14 +103,24 @@ def test_gguf_type_layer_matches_dequantized(qtype: GGMLQuantizationType, dtype)
     assert resident_bytes(layer) < reference.numel() * (0.8 if qtype in INT4 else 1.2)
 
 
-def test_fused_parts_of_mixed_types_share_the_widest_kernel() -> None:
-    """q (Q4_K) and v (Q6_K) fused in one layer: int8 holds both; all Q4 parts stay int4."""
-    q, v = blocks(Q.Q4_K, 32, seed=1), blocks(Q.Q6_K, 16, seed=2)
-    layer = built([q, v], torch.float32)
-    assert isinstance(layer, Int8Linear)
+def test_fused_parts_of_mixed_types_keep_their_own_kernels() -> None:
+    """q, k (Q4_K) and v (Q6_K) fused in one layer, as in a Q4_K_M file: the Q4 run stays
+    int4 and v goes int8, outputs concatenated; parts of one kind make one layer."""
+    q, k, v = blocks(Q.Q4_K, 32, seed=1), blocks(Q.Q4_K, 16, seed=3), blocks(Q.Q6_K, 16, seed=2)
+    layer = built([q, k, v], torch.float32, bias=True)
+    assert isinstance(layer, ConcatLinear)
+    assert [type(part) for part in layer.layers] == [Int4Linear, Int8Linear]
+    assert layer.out_features == 64
     x = torch.randn(3, COLS)
-    expected = x @ torch.cat([q.dequantize(), v.dequantize()]).T
-    assert relative_error(layer(x), expected) < 2e-2
+    reference = torch.cat([q.dequantize(), k.dequantize(), v.dequantize()])
+    bias = torch.cat([part.bias for part in layer.layers])
+    assert relative_error(layer(x), x @ reference.T + bias) < 2e-2
+    # What planning said it would hold (the bias apart), and less than one int8 layer.
+    with torch.device("meta"):
+        pending = Pending(nn.Linear(COLS, 64), None)
+    kinds = [(Q.Q4_K, 32), (Q.Q4_K, 16), (Q.Q6_K, 16)]
+    planned = pending.planned_bytes(kinds, torch.device("cpu"), torch.float32)
+    assert resident_bytes(layer) == planned + bias.numel() * 4 < reference.numel() + 64 * 4
     both = built([q, blocks(Q.Q4_0, 16)], torch.float32)
     assert isinstance(both, Int4Linear)
 
@@ -139,6 +157,76 @@ def test_safetensors_quantized_at_load(tmp_path: Path, scheme: str) -> None:
     # quality test.
     tolerance = 0.04 if scheme == "int8" else 0.35
     assert relative_error(prefill_logits(model, ids), expected) < tolerance
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("shape", [(64, 576), (256, 1024), (192, 64)], ids=str)
+def test_int4_rows_read_back_the_packed_weight(shape: tuple[int, int], dtype) -> None:
+    """`rows` finds values in the kernel's own packed layout: they are the weight the matmul
+    multiplies by (read back through the kernel with an identity input)."""
+    layer = Int4Linear.quantize(torch.randn(shape), None, dtype)
+    assert layer.can_read_rows()
+    weight = layer(torch.eye(shape[1], dtype=dtype)).T.float()  # [N, K] as the kernel sees it
+    ids = torch.tensor([0, shape[0] - 1, 5, 5, shape[0] // 2 + 3])
+    assert torch.allclose(layer.rows(ids).float(), weight[ids], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_tied_quantized_table_is_held_once(tmp_path: Path, scheme: str) -> None:
+    """A tied embedding reads its rows from the quantized lm_head: one copy, as llama.cpp
+    holds it, counted once by the planned size; lookups equal the head's rows."""
+    hf = make_tiny_checkpoint("llama", tmp_path / "hf", vocab_size=512, tie_word_embeddings=True)
+    model = load_model(hf, "cpu", "bfloat16", quantize=scheme)
+    assert isinstance(model.model.embed_tokens, RowsOf)
+    assert resident_bytes(model) == model_weight_bytes(hf, "bfloat16", scheme)
+    head = model.lm_head
+    ids = torch.tensor([[1, 511], [7, 7]])
+    rows = model.model.embed_tokens(ids)  # [2, 2, hidden]
+    identity = torch.eye(head.in_features, dtype=torch.bfloat16)
+    assert torch.equal(rows[1, 0], head(identity).T[7])  # the weight the head multiplies by
+    exact = load_model(hf, "cpu", "bfloat16").model.embed_tokens(ids)
+    assert relative_error(rows, exact.float()) < (0.02 if scheme == "int8" else 0.2)
+
+
+# llama.cpp's Q4_K_M: Q6_K for the output and, in the layers `use_more_bits` picks, for attn_v
+# and ffn_down; Q4_K for every other matrix (token_embd included).
+def _q4_k_m(name: str, layers: int) -> GGMLQuantizationType | None:
+    if name == "lm_head.weight":
+        return Q.Q6_K
+    if "norm" in name:
+        return None
+    if name == "model.embed_tokens.weight":
+        return Q.Q4_K
+    i = int(name.split(".")[2])
+    more_bits = i < layers // 8 or i >= 7 * layers // 8 or (i - layers // 8) % 3 == 2
+    return Q.Q6_K if more_bits and name.endswith(("v_proj.weight", "down_proj.weight")) else Q.Q4_K
+
+
+QWEN3_8B = {"hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
+            "num_attention_heads": 32, "num_key_value_heads": 8, "tie_word_embeddings": False}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fixture", "overrides"),
+    [("qwen3", {}), ("llama3.2", {}), ("qwen3", QWEN3_8B)],
+    ids=["qwen3-0.6b-tied", "llama3.2-1b-tied", "qwen3-8b"],
+)
+def test_q4_k_m_resident_size_is_within_15_percent_of_the_file(fixture: str, overrides) -> None:
+    """The size a Q4_K_M file's weights take loaded on CPU (what /models, /health and the
+    gateway's placement use), against the bytes its tensors take in the file, at real shapes
+    (planned on the meta device: nothing is allocated)."""
+    config = json.loads((FIXTURES / fixture / "config.json").read_text())
+    config = ModelConfig.from_dict({**config, **overrides})
+    model = build_model(config, "meta", torch.bfloat16, blocks=True)
+    layers = config.num_hidden_layers
+    kinds, file_bytes = {}, 0
+    for name, targets in model.weight_slots().items():
+        kinds[name] = kind = _q4_k_m(name, layers)
+        count = math.prod(targets[0].shape)
+        block, type_size = GGML_QUANT_SIZES[kind] if kind is not None else (1, 4)
+        file_bytes += count // block * type_size
+    planned = planned_bytes(model, kinds, torch.device("cpu"))
+    assert file_bytes < planned < 1.15 * file_bytes, planned / file_bytes
 
 
 def test_quantize_is_checked(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from cortex.neuron.models.attention import (
 )
 from cortex.neuron.models.dequant import BlockTensor
 from cortex.neuron.models.model_config import ModelConfig
-from cortex.neuron.models.quantized import Pending, PendingPart, Weight
+from cortex.neuron.models.quantized import Pending, PendingPart, RowsOf, Weight, shares_table
 from cortex.neuron.models.rope import Rotary, apply_rope
 
 # MLP gate activations by config name.
@@ -304,6 +304,8 @@ class LlamaForCausalLM(nn.Module):
             if unused:
                 parts.append("unused tensors: " + ", ".join(sorted(unused)))
             raise ModelLoadFailed("checkpoint does not match the model: " + "; ".join(parts))
+        if self.config.tie_word_embeddings and shares_table(self.lm_head):
+            self.model.embed_tokens = RowsOf(self.lm_head)  # one copy of a quantized table
 
     def _load_one(self, name: str, tensor: Weight, target: torch.Tensor | PendingPart) -> None:
         """Copy one checkpoint tensor into its slot, or hand it to its pending layer (which is

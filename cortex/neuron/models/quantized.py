@@ -14,6 +14,10 @@ nn.Embedding's), so the decoder does not know it is there.
   most half a step of the row's scale (max |w| / 254).
 - `BlockEmbedding`: a GGUF embedding table kept in its ggml blocks; a lookup dequantizes only the
   rows it gathers, so it equals the dequantized table exactly.
+- `RowsOf`: a tied embedding whose table is the quantized lm_head's: lookups read the head's
+  rows, so the table is held once (as llama.cpp holds it), not twice.
+- `ConcatLinear`: a fused layer whose GGUF parts need different kernels (Q4_K_M stores v in
+  Q6_K in some layers): one layer per run of parts, so the Q4 parts stay int4.
 
 `Pending` stands in for a layer while the model streams in: the loader fills its parts (the HF
 tensors of a fused layer) and, once the last one is in, `build` makes the real layer from them,
@@ -22,6 +26,8 @@ so no full-precision copy of the model ever exists.
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Literal, NamedTuple
 
 import torch
@@ -37,6 +43,8 @@ SCHEMES: tuple[Scheme, ...] = ("int8", "int4")
 GROUP = 32  # int4 group width: GGUF's Q4 block size
 # Weight: a float tensor, or a GGUF tensor still in blocks.
 Weight = torch.Tensor | BlockTensor
+# A part of a pending layer as planning sees it: its GGUF block type (None: floats) and rows.
+PartKind = tuple[GGMLQuantizationType | None, int]
 
 
 class Int4Linear(nn.Module):
@@ -92,6 +100,25 @@ class Int4Linear(nn.Module):
         q = ((groups - low[..., None]) / scale[..., None]).round_().clamp_(0, 15)
         return cls.from_groups(q.to(torch.uint8).reshape(n, k), scale, low + 8 * scale, bias, dtype)
 
+    def can_read_rows(self) -> bool:
+        """Whether `rows` works (see `rows_readable`)."""
+        return self.rows_readable(self.packed.device, self.in_features)
+
+    @staticmethod
+    def rows_readable(device: torch.device, k: int) -> bool:
+        """Whether rows of a [N, k] weight packed on `device` can be read back: on CPU, where
+        the packed layout is found (`_int4_row_map`)."""
+        return device.type == "cpu" and _int4_row_map(k) is not None
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows `ids` [T] of the weight, dequantized: [T, K] (a tied embedding's lookup)."""
+        block, where = _int4_row_map(self.in_features)  # type: ignore[misc]
+        k = self.in_features
+        pos = (ids // block)[:, None] * (block * k) + where[ids % block]  # [T, K] nibble index
+        q = (self.packed.view(-1)[pos // 2] >> (pos % 2 * 4)) & 15  # [T, K]
+        scale, zero = self.scales_and_zeros[:, ids].float().repeat_interleave(GROUP, 0).unbind(-1)
+        return ((q - 8) * scale.T + zero.T).to(self.scales_and_zeros.dtype)  # [T, K]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).to(self.scales_and_zeros.dtype)  # [T, K]
         if flat.device.type == "cpu":
@@ -122,6 +149,13 @@ class Int8Linear(nn.Module):
         q = (weight / scales[:, None]).round_().clamp_(-127, 127).to(torch.int8)
         return cls(q, scales.to(dtype), bias)
 
+    def can_read_rows(self) -> bool:
+        return True
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows `ids` [T] of the weight, dequantized: [T, K] (a tied embedding's lookup)."""
+        return self.q[ids].to(self.scales.dtype) * self.scales[ids, None]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).to(self.scales.dtype)  # [T, K]
         if flat.device.type == "cpu":
@@ -145,6 +179,49 @@ class BlockEmbedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return dequantize_blocks(self.blocks[ids], self.qtype, self.dtype)  # [..., hidden]
+
+
+class RowsOf(nn.Module):
+    """A tied embedding that reads its rows from the quantized lm_head (one copy of the table,
+    as llama.cpp keeps it), instead of a second copy kept in ggml blocks."""
+
+    def __init__(self, head: Int4Linear | Int8Linear) -> None:
+        super().__init__()
+        self.head = [head]  # a list: the head is the model's module, not a child of this one
+        self.num_embeddings, self.embedding_dim = head.out_features, head.in_features
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head[0].rows(ids.reshape(-1)).view(*ids.shape, -1)  # [..., hidden]
+
+
+def shares_table(head: nn.Module) -> bool:
+    """Whether a tied embedding can read its rows from this lm_head (`RowsOf`)."""
+    return isinstance(head, Int4Linear | Int8Linear) and head.can_read_rows()
+
+
+@functools.cache
+def _int4_row_map(k: int) -> tuple[int, torch.Tensor] | None:
+    """How `_convert_weight_to_int4pack_for_cpu` lays out a [N, K] weight, found by packing
+    index patterns (the layout is the kernel's, and differs by CPU capability): (rows per
+    block B, the nibble index of each value (r, k) of a block [B, K], block b's from b * B * K
+    on), or None when no such blocking holds (a tied embedding then keeps its own copy)."""
+    for block in (16, 32, 64, 128):
+        count = 2 * block * k  # two blocks: the second must repeat the first, shifted
+        index = torch.arange(count).view(2 * block, k)  # [2B, K]
+        source = torch.zeros(count, dtype=torch.int64)  # nibble index -> value index
+        for digit in range(math.ceil(math.log(count, 16))):
+            values = (index >> (4 * digit) & 15).to(torch.int32)
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(values, 1).view(-1)
+            nibbles = torch.stack((packed & 15, packed >> 4), dim=-1).view(-1)  # low first
+            source |= nibbles.long() << (4 * digit)
+        where = torch.empty_like(source)
+        where[source] = torch.arange(count)  # value index -> nibble index
+        where = where.view(2 * block, k)
+        if torch.equal(source.sort().values, torch.arange(count)) and torch.equal(
+            where[block:], where[:block] + block * k
+        ):
+            return block, where[:block]
+    return None
 
 
 class Pending(nn.Module):
@@ -174,26 +251,41 @@ class Pending(nn.Module):
         self.parts[name] = weight
         return all(p is not None for p in self.parts.values())
 
-    def plan(self, kinds: list[GGMLQuantizationType | None], device: torch.device, dtype) -> str:
-        """What `build` makes of parts of these kinds (a GGUF block type, or None for floats):
-        "blocks" (a `BlockEmbedding`), "int4", "int8" or "float"."""
+    def plan(self, parts: list[PartKind], device: torch.device, dtype: torch.dtype) -> str:
+        """What `build` makes of parts of these kinds and row counts: "blocks" (a
+        `BlockEmbedding`), "int4", "int8", "float", or "split" (a `ConcatLinear` of one layer
+        per run of parts sharing a kernel)."""
+        kinds = [kind for kind, _ in parts]
+        if not self.embedding and len(_kernel_runs(kinds)) > 1:
+            runs = [self._plan_rows(parts[lo:hi], device, dtype) for lo, hi in _kernel_runs(kinds)]
+            if "int4" in runs:
+                return "split"
+        return self._plan_rows(parts, device, dtype)
+
+    def _plan_rows(self, parts: list[PartKind], device: torch.device, dtype: torch.dtype) -> str:
+        """The one kernel for these parts together (rows stacked)."""
+        kinds = [kind for kind, _ in parts]
         blocks = [k for k in kinds if k is not None]
         if self.embedding:
             return "blocks" if len(kinds) == 1 and blocks else "float"
         scheme = self.quantize
         if blocks:  # GGUF blocks choose: int4 where every part is a Q4 type, else int8
             scheme = "int4" if all(k in INT4_TYPES for k in kinds) else "int8"
-        if scheme == "int4" and not Int4Linear.fits(self.shape, device, dtype):
+        shape = (sum(rows for _, rows in parts), self.shape[1])
+        if scheme == "int4" and not Int4Linear.fits(shape, device, dtype):
             scheme = "int8"
         return scheme or "float"
 
-    def planned_bytes(self, kinds: list[GGMLQuantizationType | None], device, dtype) -> int:
+    def planned_bytes(self, parts: list[PartKind], device, dtype) -> int:
         """Bytes the weight `build` makes takes (the bias is a parameter, counted apart)."""
-        n, k = self.shape
+        plan = self.plan(parts, device, dtype)
+        if plan == "split":
+            runs = _kernel_runs([kind for kind, _ in parts])
+            return sum(self.planned_bytes(parts[lo:hi], device, dtype) for lo, hi in runs)
+        n, k = sum(rows for _, rows in parts), self.shape[1]
         size = dtype.itemsize
-        plan = self.plan(kinds, device, dtype)
         if plan == "blocks":
-            block, type_size = GGML_QUANT_SIZES[kinds[0]]
+            block, type_size = GGML_QUANT_SIZES[parts[0][0]]
             return n * k // block * type_size
         if plan == "int4":
             return n * k // 2 + k // GROUP * n * 2 * size
@@ -205,12 +297,27 @@ class Pending(nn.Module):
         """The layer the complete parts make (see the module docstring for which)."""
         parts: list[Weight] = list(self.parts.values())  # type: ignore[arg-type]
         self.parts = {}
-        kinds = [p.qtype if isinstance(p, BlockTensor) else None for p in parts]
-        plan = self.plan(kinds, device, dtype)
         bias = None if self.bias is None else self.bias.detach()
+        kinds = _part_kinds(parts)
+        if self.plan(kinds, device, dtype) != "split":
+            return self._build(parts, bias, device, dtype)
+        layers, row = [], 0
+        for lo, hi in _kernel_runs([kind for kind, _ in kinds]):
+            rows = sum(p.shape[0] for p in parts[lo:hi])
+            run_bias = None if bias is None else bias[row : row + rows]
+            layers.append(self._build(parts[lo:hi], run_bias, device, dtype))
+            row += rows
+        return ConcatLinear(layers)
+
+    def _build(
+        self, parts: list[Weight], bias: torch.Tensor | None, device: torch.device, dtype
+    ) -> nn.Module:
+        """One layer with one kernel for `parts`, stacked by rows."""
+        kinds = _part_kinds(parts)
+        plan = self._plan_rows(kinds, device, dtype)
         if plan == "blocks":
             return BlockEmbedding(parts[0], dtype)  # type: ignore[arg-type]
-        if plan == "int4" and all(k is not None for k in kinds):  # Q4 blocks: no requantizing
+        if plan == "int4" and all(k is not None for k, _ in kinds):  # Q4 blocks: no requantizing
             groups = zip(*(int4_groups(p) for p in parts), strict=True)  # type: ignore[arg-type]
             q, scale, zero = (torch.cat(g) for g in groups)
             return Int4Linear.from_groups(q, scale, zero, bias, dtype)
@@ -221,10 +328,26 @@ class Pending(nn.Module):
             return Int8Linear.quantize(weight, bias, dtype)
         if self.embedding:
             return _embedding(weight, dtype)
-        linear = nn.Linear(self.shape[1], self.shape[0], bias=bias is not None, device="meta")
+        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
         linear.weight = nn.Parameter(weight, requires_grad=False)
         linear.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         return linear
+
+
+class ConcatLinear(nn.Module):
+    """A fused linear layer whose parts need different kernels (a Q4_K_M checkpoint's q and k
+    are Q4_K, its v Q6_K in some layers): one layer per run of parts, outputs concatenated.
+
+    One int8 layer for all would hold the Q4 parts at twice their size."""
+
+    def __init__(self, layers: list[nn.Module]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.in_features = layers[0].in_features
+        self.out_features = sum(layer.out_features for layer in layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([layer(x) for layer in self.layers], dim=-1)  # [..., N]
 
 
 class PendingPart(NamedTuple):
@@ -235,6 +358,21 @@ class PendingPart(NamedTuple):
     layer: Pending
     part: str
     shape: tuple[int, ...]
+
+
+def _part_kinds(parts: list[Weight]) -> list[PartKind]:
+    return [(p.qtype if isinstance(p, BlockTensor) else None, p.shape[0]) for p in parts]
+
+
+def _kernel_runs(kinds: list[GGMLQuantizationType | None]) -> list[tuple[int, int]]:
+    """[lo, hi) index ranges of consecutive parts that are all Q4 blocks or all not."""
+    runs: list[tuple[int, int]] = []
+    for i, kind in enumerate(kinds):
+        if runs and (kind in INT4_TYPES) == (kinds[runs[-1][0]] in INT4_TYPES):
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
 
 
 def _values(parts: list[Weight], dtype: torch.dtype) -> torch.Tensor:
@@ -272,14 +410,22 @@ def planned_bytes(
     hold once loaded from tensors of these kinds (HF name -> GGUF block type, None for floats).
     """
     total = resident_bytes(model)  # its plain parameters, biases of pending layers included
-    parts: dict[int, tuple[Pending, list[GGMLQuantizationType | None]]] = {}
+    parts: dict[int, tuple[Pending, list[PartKind]]] = {}
     for source, targets in model.weight_slots().items():
         for target in targets:
             if isinstance(target, PendingPart):
                 layer = parts.setdefault(id(target.layer), (target.layer, []))
-                layer[1].append(kinds.get(source))
+                layer[1].append((kinds.get(source), target.shape[0]))
     dtype = model.dtype
-    return total + sum(layer.planned_bytes(k, device, dtype) for layer, k in parts.values())
+    sizes = {id(layer): layer.planned_bytes(k, device, dtype) for layer, k in parts.values()}
+    total += sum(sizes.values())
+    head, table = model.lm_head, model.model.embed_tokens
+    if model.config.tie_word_embeddings and isinstance(head, Pending):
+        plan = head.plan(parts[id(head)][1], device, dtype)
+        if plan == "int8" or (plan == "int4" and Int4Linear.rows_readable(device, head.shape[1])):
+            # The embedding will read the head's rows (`RowsOf`): its own table goes.
+            total -= sizes[id(table)] if id(table) in sizes else resident_bytes(table)
+    return total
 
 
 def resident_bytes(model: nn.Module) -> int:
