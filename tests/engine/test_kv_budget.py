@@ -24,12 +24,12 @@ def test_without_memory_the_need_within_a_share_of_free():
     assert kv_budget(weights=GiB, free=10 * GiB, need=4 * GiB, share=0.85, cap=MiB) == MiB
 
 
-def test_memory_is_the_whole_budget_weights_included():
-    # models.toml memory = "18GiB" beside 16 GiB of weights: 2 GiB of KV, even if more is free
-    # and even if max_batch full-context sequences would need more or less.
-    for need in (GiB, 100 * GiB):
-        budget = kv_budget(weights=16 * GiB, free=60 * GiB, need=need, share=0.85, memory=18 * GiB)
-        assert budget == 2 * GiB
+def test_memory_bounds_weights_and_kv_together():
+    # models.toml memory = "18GiB" beside 16 GiB of weights: at most 2 GiB of KV, even if more
+    # is free; less when max_batch full-context sequences need less.
+    budget = kv_budget(weights=16 * GiB, free=60 * GiB, need=100 * GiB, share=0.85, memory=18 * GiB)
+    assert budget == 2 * GiB
+    assert kv_budget(weights=16 * GiB, free=60 * GiB, need=GiB, share=0.85, memory=18 * GiB) == GiB
     # cpu_kv_cache_bytes caps only the default sizing.
     assert kv_budget(weights=0, free=GiB, need=GiB, share=1.0, memory=MiB, cap=1) == MiB
 
@@ -40,8 +40,8 @@ def test_memory_that_cannot_be_honoured_is_insufficient_memory():
     assert small.value.status == 507
     assert small.value.extra["required_bytes"] == 17 * GiB
     with pytest.raises(InsufficientMemory) as big:
-        kv_budget(weights=16 * GiB, free=4 * GiB, need=GiB, share=0.5, memory=20 * GiB)
-    assert big.value.extra == {"required_bytes": 20 * GiB, "free_bytes": 18 * GiB}
+        kv_budget(weights=16 * GiB, free=4 * GiB, need=3 * GiB, share=0.5, memory=20 * GiB)
+    assert big.value.extra == {"required_bytes": 19 * GiB, "free_bytes": 18 * GiB}
 
 
 def test_kv_bytes_rounds_up_to_whole_blocks():
@@ -60,6 +60,7 @@ def test_cpu_engine_sizes_its_cache_by_memory_or_by_max_batch():
     memory = resident_bytes(model) + 41 * per_block  # 40 usable blocks and the scratch block
     plan = plan_kv_cache(model, config, 512, memory)
     assert (plan.num_blocks, plan.max_context) == (40, 512)
+    assert plan_kv_cache(model, config, 512, 2**40).num_blocks == 96  # no more than it can use
     tight = plan_kv_cache(model, config, 512, resident_bytes(model) + 11 * per_block)
     assert (tight.num_blocks, tight.max_context) == (10, 160)  # the context shrinks to fit
     llm = LLM(model=model, config=config, max_context=512)

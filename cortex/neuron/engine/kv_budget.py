@@ -1,14 +1,15 @@
 """How much memory a model's KV cache takes: one decision for every device, so several models
 can share one.
 
+- Every KV cache holds at most what `max_batch` sequences of `max_context` need: more would
+  never be used.
 - With a `memory` budget (models.toml `memory`, which the gateway passes in its load request,
-  or `memory` in a direct `POST /models/load`): the KV cache takes `memory` minus the weights,
-  all of it (blocks beyond what `max_batch` full-context sequences need serve the prefix cache).
-  507 `insufficient_memory` when that leaves nothing, or asks for more than `kv_cache_memory`
-  of what the device has free once the weights are in.
-- Without one: what `max_batch` sequences of `max_context` need, never more than
-  `kv_cache_memory` of the memory free once the weights are in (device memory on CUDA,
-  available RAM on CPU), and on CPU never more than `cpu_kv_cache_bytes` when that is set.
+  or `memory` in a direct `POST /models/load`), weights and KV cache stay within it: the KV
+  cache takes at most `memory` minus the weights. 507 `insufficient_memory` when that leaves
+  nothing, or when the cache needs more than `kv_cache_memory` of what the device has free once
+  the weights are in (the budget was meant to fit; the device is fuller than planned).
+- Without one: at most `kv_cache_memory` of the memory free once the weights are in (device
+  memory on CUDA, available RAM on CPU), and on CPU at most `cpu_kv_cache_bytes` when set.
 
 Either way a model takes what it can use and no more, the cache is allocated (and on CPU
 written) at load, and the device's free memory in `/health` is what is left beside it for the
@@ -59,19 +60,19 @@ def kv_budget(
     room = int(free * share)
     if memory is None:
         return min(need, room) if cap is None else min(need, room, cap)
-    budget = memory - weights
-    if budget <= 0:
+    if memory <= weights:
         raise InsufficientMemory(
             f"a memory budget of {memory} bytes leaves no room for a KV cache beside"
             f" {weights} bytes of weights",
             required_bytes=weights + need,
             free_bytes=memory,
         )
+    budget = min(memory - weights, need)
     if budget > room:
         raise InsufficientMemory(
             f"a memory budget of {memory} bytes needs {budget} bytes of KV cache beside the"
             f" weights; the device has room for {room}",
-            required_bytes=memory,
+            required_bytes=weights + budget,
             free_bytes=weights + room,
         )
     return budget
