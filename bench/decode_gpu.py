@@ -17,9 +17,13 @@ Every timing is the best of `--repeats`. transformers runs `generate` with a sta
 CUDA compiles its decode step (torch.compile, reduce-overhead); if that raises, plain `generate`
 for the rest of that model, noted in the table. Ratios are cortex over transformers (TTFT:
 transformers' time over cortex's): above 1, cortex is faster. The engine runs without prefix
-caching (repeated prompts would hit it) and with max context `--prompt` + `--tokens` (or
-`--max-context`); transformers' static cache gets the same length. Both attend over all of it
-at each graph-replayed / compiled decode step, so decode figures depend on it.
+caching (repeated prompts would hit it) and at the model's own max context, as a neuron loads it
+(40960 for Qwen3, 131072 for Llama 3.2; `--max-context` overrides), its KV cache sized for
+`max(--batches)` such sequences within `kv_cache_memory` of the GPU: a decode step costs what the
+live context costs, so its figures must not depend on that. transformers' static cache is as long
+as the run needs (`--prompt` + `--tokens`), the most favourable length for it: its compiled
+decode step attends over the whole cache, and one at the model's max context would not fit at
+batch 32.
 
 Issue-4 targets (full-depth models in bf16 on one H100; the script checks them at the end):
 - Qwen3-8B batch-1 decode >= 75% of the roofline;
@@ -50,7 +54,8 @@ transformers' compiles take most of it), `--models llama-3.2-1b`, then `--models
 `--sides cortex` skips transformers for a quick loop while tuning.
 
 CPU smoke test (two layers, a few tokens; proves the script runs end to end, numbers mean
-nothing): `python bench/decode_gpu.py --device cpu --layers 2 --models qwen3-0.6b --tokens 8`.
+nothing; a smaller max context keeps the KV cache small in RAM): `python bench/decode_gpu.py
+--device cpu --layers 2 --models qwen3-0.6b --tokens 8 --batches 2,4 --max-context 4096`.
 """
 
 from __future__ import annotations
@@ -120,7 +125,7 @@ class Run:
     decode_prompt: int
     batches: list[int]
     repeats: int
-    max_context: int
+    max_context: int | None  # the engine's; None: the model's own
     sides: list[str]
     results: dict[str, dict[str, Figures]] = field(default_factory=dict)
     bytes_per_token: dict[str, int] = field(default_factory=dict)
@@ -199,6 +204,7 @@ def cortex_generate(model: torch.nn.Module, run: Run) -> tuple[Generate, Callabl
         cuda_graphs=run.device.type == "cuda",
     )
     llm = LLM(model=model, config=config, max_context=run.max_context)
+    print(f"  cortex max context {llm.engine.max_context}, decode {llm.engine.stats().graphs}")
 
     def generate(prompts: list[list[int]], n: int) -> list[list[int]]:
         params = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
@@ -208,14 +214,15 @@ def cortex_generate(model: torch.nn.Module, run: Run) -> tuple[Generate, Callabl
 
 
 class TransformersGenerate:
-    """HF `generate` with a static cache; after a failure, plain `generate` (noted)."""
+    """HF `generate` with a static cache of `max_context`; after a failure, plain `generate`
+    (noted)."""
 
     def __init__(self, model: torch.nn.Module, max_context: int) -> None:
         from transformers import GenerationConfig
 
         self.model = model
         self.static: dict = {"cache_implementation": "static"}
-        if hasattr(GenerationConfig(), "max_cache_len"):  # newer transformers: same length as ours
+        if hasattr(GenerationConfig(), "max_cache_len"):  # newer transformers: the run's length
             self.static["max_cache_len"] = max_context
         compiled = model.device.type == "cuda"
         self.note = "static cache + torch.compile" if compiled else "static cache"
@@ -284,7 +291,7 @@ def bench_model(name: str, run: Run) -> None:
     release(run.device)
     if "transformers" in run.sides:
         start = time.perf_counter()
-        side = TransformersGenerate(hf, run.max_context)
+        side = TransformersGenerate(hf, run.prompt + run.tokens)
         results["transformers"] = measure_side(side, run, vocab)
         results["transformers"].note = side.note
         del side
@@ -375,7 +382,7 @@ def main() -> None:
     parser.add_argument("--decode-prompt", type=int, default=32, help="decode prompt tokens")
     parser.add_argument("--batches", default="8,32", help="concurrent sequences to measure")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--max-context", type=int, default=0, help="0: --prompt + --tokens")
+    parser.add_argument("--max-context", type=int, default=0, help="0: the model's own")
     parser.add_argument("--copy-mib", type=int, default=0, help="0: 2048 on CUDA, 256 on CPU")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -392,7 +399,7 @@ def main() -> None:
         decode_prompt=args.decode_prompt,
         batches=[int(b) for b in args.batches.split(",")],
         repeats=args.repeats,
-        max_context=args.max_context or args.prompt + args.tokens,
+        max_context=args.max_context or None,
         sides=[s for s in args.sides.split(",") if s],
     )
     unknown = [m for m in args.models.split(",") if m not in MODELS]
@@ -409,7 +416,7 @@ def main() -> None:
         f"{name}: copy bandwidth {bandwidth / 1e9:.0f} GB/s (read + write); torch "
         f"{torch.__version__}, transformers {transformers.__version__}; {args.dtype}, "
         f"layers {args.layers or 'full'}, {run.tokens} tokens, TTFT prompt {run.prompt}, "
-        f"decode prompt {run.decode_prompt}, max context {run.max_context}"
+        f"decode prompt {run.decode_prompt}, cortex max context {run.max_context or 'of the model'}"
     )
     for model in args.models.split(","):
         bench_model(model, run)

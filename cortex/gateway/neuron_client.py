@@ -132,8 +132,8 @@ class NeuronClient:
         return (await self._call("GET", "/models")).get("data", [])
 
     async def load(self, model: str, **options: Any) -> dict[str, Any]:
-        """`POST /models/load`; `options` are `device`, `dtype`, `max_context`, `quantize` (None
-        dropped)."""
+        """`POST /models/load`; `options` are `device`, `dtype`, `max_context`, `quantize` and
+        `memory` (bytes: models.toml's budget, weights and KV cache), None dropped."""
         body = {"model": model, **{k: v for k, v in options.items() if v is not None}}
         return await self._call("POST", "/models/load", body, self._load)
 

@@ -277,6 +277,7 @@ class Router:
                 dtype=entry.dtype if entry else None,
                 max_context=entry.max_context if entry else None,
                 quantize=entry.quantize if entry else None,
+                memory=int(entry.memory) if entry and entry.memory else None,
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             place.state = before

@@ -4,13 +4,15 @@
   away does not cancel the load for the others.
 - Loads on one device run one at a time, so two loads cannot both pass the memory preflight and
   then overcommit the device together.
-- Preflight, before anything is allocated: weights (from safetensors or GGUF headers, as they
-  will be held: quantized layers at their quantized size, the rest in the dtype they run in)
-  plus one full-context sequence of KV cache must fit the device's free memory, else 507
-  `insufficient_memory` with `required_bytes` and `free_bytes` (the engine then takes a share of
-  what is left for the KV cache, see `kv_cache_memory`).
+- Preflight, before anything is allocated: the weights (from safetensors or GGUF headers, as
+  they will be held: quantized layers at their quantized size, the rest in the dtype they run
+  in) and the KV budget that engine/kv_budget.py gives them (the load's `memory` minus the
+  weights, else `kv_cache_memory` of what is free beside them) must fit the device, and the
+  budget must hold one full-context sequence; else 507 `insufficient_memory` with
+  `required_bytes` and `free_bytes`. The engine then sizes its KV cache by the same rule.
 - `quantize` ("int8", "int4", "none") defaults to `[engine] quantize`.
-- Placement: the `device` asked for, else the device with the most free memory.
+- Placement: the `device` asked for, else the device with the most free memory. Free memory
+  always comes from the device's own worker thread (engine/worker.py).
 - Unload removes the model from routing first, cancels its in-flight requests (their streams end
   with an error event, non-streaming requests get 503 with Retry-After), then frees memory.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass, field, replace
@@ -37,6 +40,7 @@ from cortex.errors import (
     quoted,
 )
 from cortex.neuron.engine import devices
+from cortex.neuron.engine.kv_budget import kv_budget, kv_bytes
 from cortex.neuron.engine.outputs import EngineStats, LoadedInfo
 from cortex.neuron.engine.request import RequestHandle
 from cortex.neuron.engine.worker import DeviceWorker, LoadOptions
@@ -76,10 +80,6 @@ class LoadedModel:
     def stats(self) -> EngineStats:
         """The engine's stats snapshot for this model."""
         return self.worker.stats(self.id)
-
-
-def _kv_bytes_per_token(config: ModelConfig, itemsize: int) -> int:
-    return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * itemsize
 
 
 class ModelManager:
@@ -180,15 +180,16 @@ class ModelManager:
                 self.loading.pop(model_id, None)
 
     def _most_free_device(self) -> str:
-        return max(self.workers, key=lambda d: devices.describe(d).free_bytes)
+        return max(self.workers, key=lambda d: self.workers[d].memory().free_bytes)
 
     async def _load_on(
         self, location: ModelLocation, device: str, options: LoadOptions
     ) -> LoadedModel:
-        arch = await asyncio.to_thread(self._preflight, location, device, options)
+        worker = self.workers[device]
+        free = (await worker.measure_memory()).free_bytes
+        arch = await asyncio.to_thread(self._preflight, location, device, options, free)
         tokenizer = await asyncio.to_thread(load_tokenizer, location.path)
         defaults = _generation_defaults(location)
-        worker = self.workers[device]
         info = await worker.load(location.id, location.path, options)
         model = LoadedModel(
             id=location.id,
@@ -213,22 +214,31 @@ class ModelManager:
         )
         return model
 
-    def _preflight(self, location: ModelLocation, device: str, options: LoadOptions) -> str | None:
-        """Check the model fits; returns its architecture. Raises 422/507 before allocating."""
-        free = devices.describe(device).free_bytes
+    def _preflight(
+        self, location: ModelLocation, device: str, options: LoadOptions, free: int
+    ) -> str | None:
+        """Check the model fits in `free` bytes of `device`; returns its architecture. Raises
+        422/507 before allocating."""
         config, run_dtype, weights = weight_footprint(
             location, device, options.dtype, options.quantize
         )
         limit = config.max_position_embeddings
         context = min(options.max_context or limit, limit)
-        kv = context * _kv_bytes_per_token(config, run_dtype.itemsize)
-        required = weights + kv
-        if required > free:
+        share = self.engine_config.kv_cache_memory
+        one = kv_bytes(config, self.engine_config.block_size, run_dtype, context)
+        budget = kv_budget(
+            weights=weights, free=free - weights, need=one, share=share, memory=options.memory
+        )
+        if budget < one:
+            if options.memory is not None:
+                required, room, where = weights + one, options.memory, "its memory budget"
+            else:  # the KV cache may take `kv_cache_memory` of what is free beside the weights
+                required, room, where = weights + math.ceil(one / share), free, "free"
             raise InsufficientMemory(
-                f"{location.id} needs {required} bytes on {device} ({weights} weights + {kv} KV"
-                f" cache), {free} are free",
+                f"{location.id} needs {required} bytes on {device} ({weights} for the weights,"
+                f" the rest for the KV cache of one {context}-token sequence); {where}: {room}",
                 required_bytes=required,
-                free_bytes=free,
+                free_bytes=room,
             )
         return config.model_type
 

@@ -93,9 +93,9 @@ def test_concurrent_submits_on_the_device_thread(expected):
         handles = [worker.submit("stories", p, sp) for p, sp in zip(PROMPTS, PARAMS, strict=True)]
         results = await asyncio.gather(*(collect(h) for h in handles))
         stats = await settled(worker, "stories")
-        total, free = worker.memory()
+        memory = worker.memory()
         await worker.shutdown()
-        return results, stats, total, free
+        return results, stats, memory.total_bytes, memory.free_bytes
 
     results, stats, total, free = run(main())
     assert [tokens for tokens, _ in results] == expected
@@ -209,3 +209,45 @@ def test_cpu_threads_follow_the_engine_setting_else_every_core() -> None:
     assert cpu_threads(3) == 3
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert cpu_threads() == cores
+
+
+def test_a_cuda_worker_owns_its_device_and_its_memory_queries(monkeypatch):
+    """Without CUDA, the driver calls are recorded: the worker sets its device on its own thread
+    before anything else, and every memory query (the snapshot `/health` reads, a fresh one for
+    a load's preflight, the release after unloads) runs there, never on the event loop."""
+    calls: list[tuple[str, str, object]] = []
+
+    def record(name: str, result=None):
+        def call(*args):
+            calls.append((name, threading.current_thread().name, args))
+            return result
+
+        return call
+
+    monkeypatch.setattr(torch.cuda, "set_device", record("set_device"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", record("mem_get_info", (3 * 2**30, 8 * 2**30)))
+    monkeypatch.setattr(torch.cuda, "get_device_name", record("get_device_name", "Fake GPU"))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", record("memory_reserved", 0))
+    monkeypatch.setattr(torch.cuda, "empty_cache", record("empty_cache"))
+
+    async def main():
+        worker = DeviceWorker("cuda:1", CONFIG)
+        worker.start()
+        snapshot = worker.memory()
+        fresh = await worker.measure_memory()
+        released = await worker.release_memory()
+        await worker.shutdown()
+        return snapshot, fresh, released
+
+    snapshot, fresh, released = run(main())
+    assert snapshot.to_dict() == {
+        "id": "cuda:1",
+        "name": "Fake GPU",
+        "total_bytes": 8 * 2**30,
+        "free_bytes": 3 * 2**30,
+    }
+    assert fresh == snapshot and released == 0
+    assert calls[0] == ("set_device", "cuda-dev-1", (torch.device("cuda", 1),))
+    assert {thread for _, thread, _ in calls} == {"cuda-dev-1"}
+    assert {args for name, _, args in calls if name == "mem_get_info"} == {(1,)}
+    assert sum(name == "mem_get_info" for name, _, _ in calls) >= 3

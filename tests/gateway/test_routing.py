@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from cortex.config import ModelEntry
+from cortex.config import ModelEntry, parse_size
 from cortex.gateway.fleet import Neuron
 from cortex.gateway.neuron_client import NeuronClient
 from tests.gateway.test_proxy import read_events
@@ -125,6 +125,19 @@ async def test_memory_estimate_from_models_toml_and_507_replan():
         async with running(config) as g, await g.chat("m3") as r:
             assert r.status == 200
     assert len(a.unloads) == 1 and "m3" in a.loaded()
+
+
+async def test_the_load_request_carries_the_models_toml_memory_budget():
+    # The neuron sizes the model's KV cache from it (weights + KV = memory), so a second model
+    # fits beside the first; a model without one lets the neuron size it.
+    a = FakeNeuron("a", {"m1": FakeModel("m1"), "m2": FakeModel("m2")}, total_bytes=8 * GiB)
+    async with fleet(a):
+        entries = [ModelEntry(id="m1", memory=parse_size("3GiB")), ModelEntry(id="m2")]
+        async with running(make_config([a], models=entries)) as g:
+            for model in ("m1", "m2"):
+                async with await g.chat(model) as r:
+                    assert r.status == 200
+    assert a.bodies("/models/load") == [{"model": "m1", "memory": 3 * GiB}, {"model": "m2"}]
 
 
 async def test_a_model_lost_by_its_neuron_is_loaded_again():

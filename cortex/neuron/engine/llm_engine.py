@@ -40,12 +40,16 @@ class LLMEngine:
     """Continuous batching over a paged KV cache for one model on one device."""
 
     def __init__(
-        self, model: torch.nn.Module, config: EngineConfig, max_context: int | None = None
+        self,
+        model: torch.nn.Module,
+        config: EngineConfig,
+        max_context: int | None = None,
+        memory: int | None = None,
     ) -> None:
         limit = model.config.max_position_embeddings
         self.model = model
         self.config = config
-        self.runner = ModelRunner(model, config, min(max_context or limit, limit))
+        self.runner = ModelRunner(model, config, min(max_context or limit, limit), memory)
         self.max_context = self.runner.max_context
         self.blocks = BlockManager(self.runner.num_blocks, config.block_size, config.prefix_cache)
         self.scheduler = Scheduler(self.blocks, config.max_batch, config.max_num_batched_tokens)
@@ -138,6 +142,7 @@ class LLMEngine:
             prompt_tokens=self._counts.prompt_tokens,
             generation_tokens=self._counts.generation_tokens,
             preemptions=self.scheduler.num_preemptions,
+            graphs=self.runner.graphs_state,
         )
 
     def close(self) -> None:

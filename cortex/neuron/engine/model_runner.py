@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 import torch
 
 from cortex.config import EngineConfig
-from cortex.errors import InsufficientMemory
 from cortex.neuron.engine.cuda_graph import DecodeGraphs
-from cortex.neuron.engine.devices import describe as describe_device
+from cortex.neuron.engine.kv_budget import plan_kv_cache
 from cortex.neuron.engine.sampling import Sampler, SamplingBatch, make_generator
 from cortex.neuron.engine.scheduler import ScheduledBatch
 from cortex.neuron.engine.sequence import Sequence
@@ -42,50 +41,21 @@ class SampledTokens:
     failed: dict[int, str] = field(default_factory=dict)
 
 
-def plan_kv_cache(
-    model: torch.nn.Module, config: EngineConfig, max_context: int
-) -> tuple[int, int]:
-    """(number of KV blocks, usable max context) for `model` on its device.
-
-    The budget is `kv_cache_memory` of the memory free after the weights (device memory on
-    CUDA, available RAM on CPU, where `cpu_kv_cache_bytes` may cap it further); never more than
-    `max_batch` sequences of `max_context` need. When even one full-context sequence does not
-    fit, the context shrinks to what does.
-    """
-    bs = config.block_size
-    per_block = KVCache.bytes_per_block(model.config, bs, model.dtype)
-    if model.device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(model.device)
-        budget = int(free * config.kv_cache_memory)
-    else:
-        budget = int(describe_device("cpu").free_bytes * config.kv_cache_memory)
-        if config.cpu_kv_cache_bytes is not None:
-            budget = min(budget, config.cpu_kv_cache_bytes)
-    blocks_per_seq = -(-max_context // bs)
-    # One block stays spare: the scratch block that padded rows of a decode batch write to.
-    num_blocks = min(budget // per_block - 1, blocks_per_seq * config.max_batch)
-    if num_blocks < 1:
-        raise InsufficientMemory(
-            f"no room for a KV cache: one block needs {per_block} bytes, budget is {budget}",
-            required_bytes=2 * per_block,
-            free_bytes=budget,
-        )
-    if num_blocks < blocks_per_seq:
-        log.warning(
-            "KV cache holds %d tokens: max_context cut from %d", num_blocks * bs, max_context
-        )
-        max_context = num_blocks * bs
-    return num_blocks, max_context
-
-
 class ModelRunner:
     """Owns the model's KV cache and sampler; `run(batch)` executes one engine step."""
 
-    def __init__(self, model: torch.nn.Module, config: EngineConfig, max_context: int) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        config: EngineConfig,
+        max_context: int,
+        memory: int | None = None,
+    ) -> None:
         self.model = model
         self.device: torch.device = model.device
         self.block_size = config.block_size
-        self.num_blocks, self.max_context = plan_kv_cache(model, config, max_context)
+        plan = plan_kv_cache(model, config, max_context, memory)
+        self.num_blocks, self.max_context = plan.num_blocks, plan.max_context
         self.scratch_block = self.num_blocks
         self.max_blocks_per_seq = -(-self.max_context // self.block_size)
         self.kv_cache = KVCache.allocate(
@@ -98,18 +68,19 @@ class ModelRunner:
         self._sampling: tuple[tuple[int, ...], SamplingBatch] | None = None
         self.graphs = None
         if config.cuda_graphs and self.device.type == "cuda":
-            self.graphs = self._capture_graphs(config.max_batch)
-
-    def _capture_graphs(self, max_batch: int) -> DecodeGraphs | None:
-        """Decode CUDA graphs, or None (eager decode) when capture fails."""
-        try:
-            return DecodeGraphs(
-                self.model, max_batch, self.max_blocks_per_seq, self.block_size, self.scratch_block
+            self.graphs = DecodeGraphs(
+                model,
+                config.max_batch,
+                self.max_blocks_per_seq,
+                self.block_size,
+                self.scratch_block,
             )
-        except Exception:
-            log.exception("CUDA graph capture failed; decoding eagerly")
-            torch.cuda.synchronize(self.device)
-            return None
+
+    @property
+    def graphs_state(self) -> str:
+        """How decode runs, for `/health`: "captured" (CUDA graphs), "eager" (no graphs: the
+        CPU, or `cuda_graphs = false`), or "failed: <why>" (a capture failed; eager since)."""
+        return "eager" if self.graphs is None else self.graphs.state
 
     @property
     def kv_cache_bytes(self) -> int:

@@ -11,7 +11,8 @@ class EngineStats:
 
     `prefix_hits`, `prompt_tokens` and `generation_tokens` are counters since the load:
     prompt tokens served from the prefix cache, prompt tokens computed (prefilled, recomputed
-    ones after a preemption included) and tokens generated.
+    ones after a preemption included) and tokens generated. `graphs` says how decode runs
+    (`ModelRunner.graphs_state`: "captured", "eager" or "failed: <why>").
     """
 
     running: int = 0
@@ -22,6 +23,7 @@ class EngineStats:
     prompt_tokens: int = 0
     generation_tokens: int = 0
     preemptions: int = 0
+    graphs: str = "eager"
 
 
 @dataclass(frozen=True)

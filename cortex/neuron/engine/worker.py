@@ -4,6 +4,13 @@ The event loop never touches a tensor. It posts commands (load, unload, submit, 
 the worker's queue; the worker thread runs them between engine steps, steps every loaded
 model that has work, and hands results back with `loop.call_soon_threadsafe`, one call per
 step. An exception inside one model's step fails that model's requests and nothing else.
+
+A CUDA worker's thread really owns its device: it makes it the thread's current device before
+anything else (so allocations, kernels and graph captures land there, whatever another device's
+thread does meanwhile), and only this thread asks the driver about its memory. It measures the
+device after every load, unload and memory release, and between steps or while idle at most
+every `MEMORY_REFRESH_S`; `/health` and the manager's placement read that snapshot (`memory()`)
+or ask for a fresh one through the queue (`measure_memory()`), never the driver themselves.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from cortex.errors import (
     ShuttingDown,
     Unavailable,
 )
+from cortex.neuron.engine.devices import DeviceInfo
 from cortex.neuron.engine.devices import describe as describe_device
 from cortex.neuron.engine.llm_engine import LLMEngine, check_prompt
 from cortex.neuron.engine.outputs import EngineStats, LoadedInfo, StepOutput
@@ -41,15 +49,22 @@ from cortex.neuron.models.quantized import resident_bytes
 log = logging.getLogger(__name__)
 
 
+#: Seconds between the memory measurements of a busy or idle worker (loads and unloads measure
+#: at once).
+MEMORY_REFRESH_S = 0.5
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     """How one model is loaded: the dtype to run in (None: the default for the device and
-    checkpoint), the context to size it for (None: the model's own), and weight quantization
-    ("int8", "int4", "none"; None: the checkpoint's own, quantized GGUF types kept)."""
+    checkpoint), the context to size it for (None: the model's own), weight quantization
+    ("int8", "int4", "none"; None: the checkpoint's own, quantized GGUF types kept), and the
+    bytes it may take in all, weights and KV cache (None: see engine/kv_budget.py)."""
 
     dtype: str | None = None
     max_context: int | None = None
     quantize: str | None = None
+    memory: int | None = None
 
 
 # (path, device, dtype, quantize) -> model
@@ -105,6 +120,10 @@ class DeviceWorker:
         # Event-loop side: what is loaded (for fast validation) and the latest stats.
         self._infos: dict[str, LoadedInfo] = {}
         self._stats: dict[str, EngineStats] = {}
+        # Written by the worker thread only: the device's latest memory measurement.
+        self._memory: DeviceInfo | None = None
+        self._measured = 0.0
+        self._ready = threading.Event()
         # Worker-thread side.
         self._models: dict[str, _Loaded] = {}
         self._stop = False
@@ -112,8 +131,9 @@ class DeviceWorker:
     # Event-loop API
 
     def start(self) -> None:
-        """Start the device thread."""
+        """Start the device thread; returns once it owns the device and has measured it."""
         self._thread.start()
+        self._ready.wait()
 
     async def shutdown(self) -> None:
         """Fail every request with ShuttingDown, unload every model, stop the thread."""
@@ -133,9 +153,9 @@ class DeviceWorker:
         self._check_open()
         if model_id in self._infos:
             return self._infos[model_id]
-        info = await self._call(self._load, model_id, Path(path), options or LoadOptions())
+        info, stats = await self._call(self._load, model_id, Path(path), options or LoadOptions())
         self._infos[model_id] = info
-        self._stats.setdefault(model_id, EngineStats(kv_blocks_total=info.kv_blocks))
+        self._stats[model_id] = stats
         return info
 
     async def unload(self, model_id: str) -> None:
@@ -172,10 +192,16 @@ class DeviceWorker:
         self._check_open()
         return await self._call(self._release_memory)
 
-    def memory(self) -> tuple[int, int]:
-        """(total_bytes, free_bytes) of the device (host RAM for the CPU)."""
-        info = describe_device(str(self.device))
-        return info.total_bytes, info.free_bytes
+    def memory(self) -> DeviceInfo:
+        """The device's latest memory measurement (host RAM for the CPU), at most
+        `MEMORY_REFRESH_S` old while the thread runs; taken on the device thread."""
+        assert self._memory is not None, "start() the worker first"
+        return self._memory
+
+    async def measure_memory(self) -> DeviceInfo:
+        """A fresh measurement of the device, taken by the device thread between steps."""
+        self._check_open()
+        return await self._call(self._measure)
 
     def loaded(self) -> dict[str, LoadedInfo]:
         """The models loaded on this worker."""
@@ -234,12 +260,19 @@ class DeviceWorker:
     # The device thread
 
     def _run(self) -> None:
-        if self.device.type == "cpu":
-            torch.set_num_threads(cpu_threads(self.config.threads))
+        try:
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            else:
+                torch.set_num_threads(cpu_threads(self.config.threads))
+            self._measure()
+        finally:
+            self._ready.set()  # start() returns even when the device cannot be used
         while not self._stop:
             busy = any(m.engine.has_work for m in self._models.values())
             try:
-                command = self._inbox.get(block=not busy)
+                # Idle, wake up now and then to keep the memory measurement fresh.
+                command = self._inbox.get(block=not busy, timeout=MEMORY_REFRESH_S)
             except queue.Empty:
                 command = None
             while command is not None:
@@ -251,6 +284,14 @@ class DeviceWorker:
             for model_id, loaded in list(self._models.items()):
                 if loaded.engine.has_work and not self._stop:
                     self._step(model_id, loaded)
+            if time.monotonic() - self._measured >= MEMORY_REFRESH_S:
+                self._measure()
+
+    def _measure(self) -> DeviceInfo:
+        """Measure the device's memory now and publish it (device thread only)."""
+        self._memory = describe_device(str(self.device))
+        self._measured = time.monotonic()
+        return self._memory
 
     def _execute(self, fn: Callable[..., Any], args: tuple, future: asyncio.Future | None) -> None:
         try:
@@ -299,13 +340,16 @@ class DeviceWorker:
 
     # Commands (run on the device thread)
 
-    def _load(self, model_id: str, path: Path, options: LoadOptions) -> LoadedInfo:
+    def _load(
+        self, model_id: str, path: Path, options: LoadOptions
+    ) -> tuple[LoadedInfo, EngineStats]:
         if model_id in self._models:
-            return self._models[model_id].info
+            loaded = self._models[model_id]
+            return loaded.info, loaded.engine.stats()
         start = time.perf_counter()
         model = self._loader(path, self.device, options.dtype, options.quantize)
         try:
-            engine = LLMEngine(model, self.config, options.max_context)
+            engine = LLMEngine(model, self.config, options.max_context, options.memory)
         except BaseException:
             del model
             self._release_memory()
@@ -317,10 +361,9 @@ class DeviceWorker:
             load_seconds=time.perf_counter() - start,
             kv_blocks=engine.blocks.num_blocks,
         )
-        loaded = _Loaded(engine, info)
-        self._models[model_id] = loaded
-        self._publish(model_id, loaded)
-        return info
+        self._models[model_id] = _Loaded(engine, info)
+        self._measure()
+        return info, engine.stats()
 
     def _unload(self, model_id: str) -> None:
         loaded = self._models.pop(model_id, None)
@@ -369,8 +412,10 @@ class DeviceWorker:
 
     def _release_memory(self) -> int:
         gc.collect()
-        if self.device.type != "cuda":
-            return 0
-        reserved = torch.cuda.memory_reserved(self.device)
-        torch.cuda.empty_cache()
-        return reserved - torch.cuda.memory_reserved(self.device)
+        released = 0
+        if self.device.type == "cuda":
+            reserved = torch.cuda.memory_reserved(self.device)
+            torch.cuda.empty_cache()
+            released = reserved - torch.cuda.memory_reserved(self.device)
+        self._measure()
+        return released

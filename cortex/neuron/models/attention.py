@@ -270,6 +270,13 @@ def decode_attention(
     return out.reshape(batch, heads, dim)
 
 
+def reads_block_tables(device: torch.device) -> bool:
+    """Whether decode attention on `device` reads K/V through the block tables (the Triton
+    kernels), so that its cost follows `context_lens` whatever the tables' width; the SDPA path
+    gathers every position the tables span."""
+    return _kernels(device) is not None
+
+
 def _kernels(device: torch.device) -> ModuleType | None:
     """The Triton kernels' module when attention on `device` runs them, else None (SDPA)."""
     if device.type != "cuda" or os.environ.get("CORTEX_ATTENTION") == "sdpa":

@@ -3,6 +3,12 @@
 
 `/models/{id}/endpoint` answers this neuron's own base URL: every loaded model is served by the
 same `/v1/...` routes here (the gateway replaces a loopback host with the neuron's address).
+
+`/health` reads each device's memory from the snapshot its worker thread keeps (this thread never
+asks a driver), and adds `graphs` to each model: how its decode runs ("captured", "eager", or
+"failed: <why>" after a failed CUDA-graph capture; a loading model has "eager").
+`/models/load` also takes `memory`, the bytes the model may take in all (weights and KV cache),
+as a number or a size string such as "18GiB" (the gateway sends models.toml's `memory`).
 """
 
 from __future__ import annotations
@@ -14,10 +20,9 @@ from aiohttp import web
 
 from cortex import __version__
 from cortex.api import openai
-from cortex.config import QUANTIZE_VALUES
+from cortex.config import QUANTIZE_VALUES, parse_size
 from cortex.errors import InvalidRequest
 from cortex.neuron import registry
-from cortex.neuron.engine import devices
 from cortex.neuron.engine.worker import LoadOptions
 from cortex.neuron.metrics import CONTENT_TYPE
 from cortex.neuron.server.state import STATE, NeuronState
@@ -28,9 +33,7 @@ from cortex.web import json_response, read_object
 async def health(request: web.Request) -> web.Response:
     """`GET /health`: status, devices and loaded models (never needs a token)."""
     state = request.app[STATE]
-    device_list = await asyncio.to_thread(
-        lambda: [devices.describe(d).to_dict() for d in state.devices]
-    )
+    device_list = [state.manager.workers[d].memory().to_dict() for d in state.devices]
     models = []
     for model in list(state.manager.models.values()):
         stats = model.stats()
@@ -42,6 +45,7 @@ async def health(request: web.Request) -> web.Response:
                 "bytes": model.info.bytes,
                 "in_flight": stats.running,
                 "waiting": stats.waiting,
+                "graphs": stats.graphs,
             }
         )
     for model_id, device in state.manager.loading.items():
@@ -53,6 +57,7 @@ async def health(request: web.Request) -> web.Response:
                 "bytes": 0,
                 "in_flight": 0,
                 "waiting": 0,
+                "graphs": "eager",
             }
         )
     return json_response(
@@ -132,7 +137,7 @@ async def load(request: web.Request) -> web.Response:
         raise InvalidRequest(f"'quantize' must be one of {list(QUANTIZE_VALUES)}", param="quantize")
     if dtype is not None and dtype.lower() == "auto":
         dtype = None
-    options = LoadOptions(dtype, max_context, quantize)
+    options = LoadOptions(dtype, max_context, quantize, _memory(body.get("memory")))
     model, _ = await state.manager.load(model_id, device, options)
     return json_response(
         {
@@ -148,6 +153,19 @@ async def load(request: web.Request) -> web.Response:
 
 
 _DTYPES = {"auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"}
+
+
+def _memory(value: Any) -> int | None:
+    """The load's `memory` in bytes (None when absent); 400 unless a positive size."""
+    if value is None:
+        return None
+    try:
+        size = parse_size(value)
+    except ValueError as exc:
+        raise InvalidRequest(f"'memory': {exc}", param="memory") from None
+    if size < 1:
+        raise InvalidRequest("'memory' must be a positive size", param="memory")
+    return int(size)
 
 
 async def unload(request: web.Request) -> web.Response:
