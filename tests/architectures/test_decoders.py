@@ -80,7 +80,10 @@ def test_bf16_logits_match_transformers_bf16(
     checkpoints: dict[tuple[str, int], Path], arch: str, seed: int
 ) -> None:
     """bf16 prefill, then 8 decode steps (our greedy tokens fed back), each token's logits
-    within a bf16 tolerance of transformers' bf16 forward over the whole sequence."""
+    within a bf16 tolerance of transformers' fp32 forward over the whole sequence.
+
+    The truth is fp32: transformers' own bf16 forward strays further from it than ours on
+    these models (a MoE router flips on a bf16 rounding: 0.24 off where we are 0.04)."""
     path = checkpoints[arch, seed]
     runner = PagedRunner(load_model(path, "cpu", torch.bfloat16), block_size=4)
     prompt = PROMPTS[0]
@@ -89,7 +92,7 @@ def test_bf16_logits_match_transformers_bf16(
         steps.append(runner.step([(0, [int(steps[-1][-1].argmax())])]))
     ours = torch.cat(steps)
     sequence = prompt + [int(s[-1].argmax()) for s in steps[:-1]]
-    theirs = hf_logits(hf_reference(path, torch.bfloat16), sequence)
+    theirs = hf_logits(hf_reference(path), sequence)
     assert (ours - theirs).abs().max().item() < 0.1
 
 
