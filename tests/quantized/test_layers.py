@@ -31,6 +31,7 @@ from cortex.neuron.models.quantized import (
     Int8Linear,
     Pending,
     RowsOf,
+    _int4_row_map,
     planned_bytes,
     resident_bytes,
 )
@@ -169,6 +170,17 @@ def test_int4_rows_read_back_the_packed_weight(shape: tuple[int, int], dtype) ->
     weight = layer(torch.eye(shape[1], dtype=dtype)).T.float()  # [N, K] as the kernel sees it
     ids = torch.tensor([0, shape[0] - 1, 5, 5, shape[0] // 2 + 3])
     assert torch.allclose(layer.rows(ids).float(), weight[ids], atol=1e-6, rtol=1e-5)
+
+
+def test_int4_rows_of_a_partial_last_block_are_not_read() -> None:
+    """Rows past the last whole block of the packing may be laid out otherwise: such a weight
+    says it cannot be read (a tied embedding then keeps its own table)."""
+    found = _int4_row_map(128)
+    assert found is not None
+    block = found[0]
+    whole = Int4Linear.quantize(torch.randn(2 * block, 128), None, torch.bfloat16)
+    partial = Int4Linear.quantize(torch.randn(block + 16, 128), None, torch.bfloat16)
+    assert whole.can_read_rows() and not partial.can_read_rows()
 
 
 @pytest.mark.parametrize("scheme", ["int8", "int4"])

@@ -102,13 +102,16 @@ class Int4Linear(nn.Module):
 
     def can_read_rows(self) -> bool:
         """Whether `rows` works (see `rows_readable`)."""
-        return self.rows_readable(self.packed.device, self.in_features)
+        return self.rows_readable(self.packed.device, (self.out_features, self.in_features))
 
     @staticmethod
-    def rows_readable(device: torch.device, k: int) -> bool:
-        """Whether rows of a [N, k] weight packed on `device` can be read back: on CPU, where
-        the packed layout is found (`_int4_row_map`)."""
-        return device.type == "cpu" and _int4_row_map(k) is not None
+    def rows_readable(device: torch.device, shape: tuple[int, int]) -> bool:
+        """Whether rows of a [N, K] weight packed on `device` can be read back: on CPU, where
+        the packed layout is found (`_int4_row_map`) and N is whole blocks of it (a partial
+        last block may be laid out otherwise)."""
+        if device.type != "cpu" or (found := _int4_row_map(shape[1])) is None:
+            return False
+        return shape[0] % found[0] == 0
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows `ids` [T] of the weight, dequantized: [T, K] (a tied embedding's lookup)."""
@@ -422,7 +425,7 @@ def planned_bytes(
     head, table = model.lm_head, model.model.embed_tokens
     if model.config.tie_word_embeddings and isinstance(head, Pending):
         plan = head.plan(parts[id(head)][1], device, dtype)
-        if plan == "int8" or (plan == "int4" and Int4Linear.rows_readable(device, head.shape[1])):
+        if plan == "int8" or (plan == "int4" and Int4Linear.rows_readable(device, head.shape)):
             # The embedding will read the head's rows (`RowsOf`): its own table goes.
             total -= sizes[id(table)] if id(table) in sizes else resident_bytes(table)
     return total
