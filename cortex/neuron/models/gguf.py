@@ -348,6 +348,18 @@ def iter_weights(
             yield name, weight
 
 
+def _load_plan(
+    reader: GGUFFile, device: torch.device, dtype: torch.dtype | str | None, quantize: str | None
+) -> tuple[torch.dtype, bool, Scheme | None]:
+    """How `load_gguf_model` loads this file on `device`: (compute dtype, whether
+    block-quantized matrices stay in blocks, the scheme for float linears). `dtype` None is the
+    device's default; float32 dequantizes everything, the exact reference."""
+    exact = dtype is not None and parse_dtype(dtype) == torch.float32
+    run_dtype = parse_dtype(dtype) if dtype is not None else default_dtype(device)
+    keep = not exact and any(_kept_in_blocks(t.qtype, t.shape) for t in reader.tensors)
+    return run_dtype, keep, check_scheme(quantize)
+
+
 def _kept_in_blocks(qtype: Any, shape: tuple[int, ...]) -> bool:
     return qtype not in FLOAT_TYPES and len(shape) == 2
 
@@ -375,9 +387,6 @@ def load_gguf_model(
     the exact reference.
     """
     device = torch.device(device)
-    exact = dtype is not None and parse_dtype(dtype) == torch.float32
-    dtype = parse_dtype(dtype) if dtype is not None else default_dtype(device)
-    scheme: Scheme | None = check_scheme(quantize)
     file = find_gguf(path)
     if file is None:
         raise ModelLoadFailed(f"no GGUF file at {path}")
@@ -390,9 +399,9 @@ def load_gguf_model(
     for t in reader.tensors:
         check_supported(t.name, t.qtype)  # refuse before allocating anything
     config = ModelConfig.from_dict(config_dict(reader))
-    keep = not exact and any(_kept_in_blocks(t.qtype, t.shape) for t in reader.tensors)
-    model = build_model(config, device, dtype, quantize=scheme, blocks=keep)
-    model.load_weights(iter_weights(reader, config, device, dtype, keep_blocks=keep))
+    run_dtype, keep, scheme = _load_plan(reader, device, dtype, quantize)
+    model = build_model(config, device, run_dtype, quantize=scheme, blocks=keep)
+    model.load_weights(iter_weights(reader, config, device, run_dtype, keep_blocks=keep))
     return model
 
 
@@ -408,10 +417,7 @@ def gguf_weight_bytes(
     device = torch.device(device)
     reader = open_gguf(find_gguf(path) or path)
     weights = [t for t in reader.tensors if not _not_weights(t.name)]
-    exact = dtype is not None and parse_dtype(dtype) == torch.float32
-    run_dtype = parse_dtype(dtype) if dtype is not None else default_dtype(device)
-    keep = not exact and any(_kept_in_blocks(t.qtype, t.shape) for t in weights)
-    scheme = check_scheme(quantize)
+    run_dtype, keep, scheme = _load_plan(reader, device, dtype, quantize)
     if not keep and scheme is None:
         return sum(t.n_elements for t in weights) * run_dtype.itemsize
     config = ModelConfig.from_dict(config_dict(reader))
