@@ -43,16 +43,15 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """x / sqrt(mean(x^2) + eps) over the last dim, computed in fp32, returned in x's dtype.
+    """x / sqrt(mean(x^2) + eps) over the last dim of a half-precision x, computed in fp32 and
+    rounded to x's dtype.
 
-    Below fp32 it runs as one layer_norm over [x, -x]: that row's mean is 0 and its variance
-    mean(x^2), so its first half is exactly the RMS-normalised x. torch's CPU rms_norm is a
-    chain of small kernels (and wants an fp32 copy of x first); layer_norm is one fused kernel
-    that accumulates in fp32 whatever the input dtype: about half the time per call at decode.
+    It runs as one layer_norm over [x, -x]: that row's mean is 0 and its variance mean(x^2), so
+    its first half is exactly the RMS-normalised x. torch's CPU rms_norm is a chain of small
+    kernels (and wants an fp32 copy of x first); layer_norm is one fused kernel that accumulates
+    in fp32 whatever the input dtype: about half the time per call at decode.
     """
     dim = x.shape[-1]
-    if x.dtype == torch.float32:
-        return F.rms_norm(x, (dim,), eps=eps)
     both = torch.cat((x, -x), dim=-1)  # [..., 2 * dim], mean 0
     return F.layer_norm(both, (2 * dim,), eps=eps)[..., :dim]
 
