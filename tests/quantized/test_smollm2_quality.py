@@ -15,7 +15,7 @@ from cortex.neuron.models.quantized import Int4Linear, Int8Linear, RowsOf, resid
 from cortex.neuron.text.gguf_tokenizer import tokenizer_from_gguf
 from tests.gguf.greedy import greedy
 from tests.gguf.test_tiny_models import prefill_logits
-from tests.support.smollm2 import Unavailable, smollm2_gguf
+from tests.support.smollm2 import smollm2_or_skip
 
 TEXT = (
     "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. "
@@ -26,10 +26,7 @@ TEXT = (
 
 @pytest.fixture(scope="module")
 def gguf_path() -> Path:
-    try:
-        return smollm2_gguf()
-    except Unavailable as e:
-        pytest.skip(f"SmolLM2 GGUF not available (download impossible here): {e}")
+    return smollm2_or_skip()
 
 
 def log_likelihood(model: torch.nn.Module, ids: list[int]) -> float:

