@@ -89,6 +89,19 @@ def sequence_seed(seed: int | None, index: int) -> int | None:
     return (seed + index - SEED_MIN) % 2**64 + SEED_MIN
 
 
+async def next_or_none(queue: asyncio.Queue[Any], seconds: float) -> Any:
+    """The queue's next item, or None after `seconds` of silence.
+
+    Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that lands as the get
+    completes, so a client that left mid-answer (aiohttp cancels its handler) went unnoticed
+    while tokens kept coming."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await queue.get()
+    except TimeoutError:
+        return None
+
+
 class Generation:
     """The sequences of one request and their merged outputs."""
 
@@ -191,12 +204,10 @@ class Generation:
         """Pieces of every sequence as they come; None after each heartbeat of silence."""
         remaining = len(self.sequences)
         while remaining:
-            try:
-                item = await asyncio.wait_for(self._queue.get(), HEARTBEAT_SECONDS)
-            except TimeoutError:
+            item = await next_or_none(self._queue, HEARTBEAT_SECONDS)
+            if item is None:
                 yield None
-                continue
-            if item is _SEQ_END:
+            elif item is _SEQ_END:
                 remaining -= 1
             elif isinstance(item, BaseException):
                 raise item

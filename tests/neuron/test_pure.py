@@ -3,6 +3,7 @@ model ids and discovery."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from cortex.api import openai, sse
 from cortex.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
 from cortex.neuron.engine import devices
+from cortex.neuron.generation import next_or_none
 from cortex.neuron.registry import ModelRegistry, check_id
 from tests.support.checkpoints import STORIES
 
@@ -214,3 +216,35 @@ def test_device_names() -> None:
         devices.normalize("gpu0")
     cpu = devices.describe("cpu")
     assert cpu.total_bytes >= cpu.free_bytes > 0
+
+
+def test_a_cancelled_heartbeat_wait_stays_cancelled_when_an_item_lands_with_it() -> None:
+    """A client that leaves cancels its handler just as a token is queued; the cancellation
+    must win (asyncio.wait_for on Python 3.11 returned the token and lost it, and the neuron
+    generated the rest of an abandoned non-streaming answer)."""
+
+    async def trial() -> bool:
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        task = asyncio.create_task(next_or_none(queue, 5.0))
+        await asyncio.sleep(0.01)
+        queue.put_nowait("token")
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return True
+        return False
+
+    async def trials() -> list[bool]:
+        return [await trial() for _ in range(20)]
+
+    assert all(asyncio.run(trials()))
+
+
+def test_heartbeat_wait_returns_items_then_none_on_silence() -> None:
+    async def run() -> list:
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        queue.put_nowait("a")
+        return [await next_or_none(queue, 0.05), await next_or_none(queue, 0.05)]
+
+    assert asyncio.run(run()) == ["a", None]
