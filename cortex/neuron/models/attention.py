@@ -15,8 +15,9 @@ Each layer passes its own sliding window (None: global), score scale (None: 1/sq
 and tanh soft-cap (Gemma 2); a window is only a mask over the blocks a sequence holds.
 
 On CUDA, when Triton imports, both run as the paged kernels of triton_attention.py, which
-read K/V through the block tables; this SDPA path is the CPU path and their reference.
-`CORTEX_ATTENTION=sdpa` in the environment keeps CUDA on SDPA (for comparisons).
+read K/V through the block tables; this SDPA path is the CPU path and their reference. On the
+CPU, decode runs as the C kernel of cpu_attention.py where it is built and faster.
+`CORTEX_ATTENTION=sdpa` in the environment keeps both devices on SDPA (for comparisons).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from types import ModuleType
 import torch
 import torch.nn.functional as F
 
+from cortex.neuron.models import cpu_attention
 from cortex.neuron.models.model_config import ModelConfig
 
 
@@ -251,6 +253,10 @@ def decode_attention(
     if (kernels := _kernels(q.device)) is not None:
         return kernels.paged_decode(
             q, k_cache, v_cache, attn.block_tables, attn.context_lens, window, scale, softcap
+        )
+    if q.device.type == "cpu" and (lib := cpu_attention.kernel_for(q, k_cache)) is not None:
+        return cpu_attention.paged_decode(
+            lib, q, k_cache, v_cache, attn.block_tables, attn.context_lens, window, scale, softcap
         )
     if attn.decode is None or window not in attn.decode.biases:
         attn = with_decode_inputs(attn, k_cache.shape[1], [window], q.dtype)
