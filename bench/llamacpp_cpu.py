@@ -6,7 +6,9 @@ All three decode 128 tokens greedily after the same ~500-token prompt from the s
 is (tokens - 1) / (time of the last token - time of the first), so the prefill is left out; the
 prefill time (request to first token) is printed beside it; that second request finds its
 prompt cached (cortex's prefix cache, llama.cpp's prompt cache), so a prefill from scratch is
-measured apart, in process: cortex's quantized default against its exact fp32 path.
+measured apart, in process: cortex's quantized default against its exact fp32 path. A second
+cortex row runs decode attention on torch's SDPA (`CORTEX_ATTENTION=sdpa`) instead of the C
+kernel, to show what the kernel gives.
 
 llama.cpp runs in whatever Python has `llama_cpp` (build llama-cpp-python from source in its
 own venv, e.g. `CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_BLAS=OFF" pip install
@@ -50,8 +52,11 @@ def stream_rate(chunks) -> tuple[float, float, int]:
     return stamps[0] - start, decode, len(stamps)
 
 
-def bench_cortex(path: Path, threads: int) -> tuple[float, float, int]:
-    """Start `cortex neuron` with its defaults on loopback, load the file, stream one request."""
+def bench_cortex(
+    path: Path, threads: int, extra_env: dict[str, str] | None = None
+) -> tuple[float, float, int]:
+    """Start `cortex neuron` with its defaults (and `extra_env`) on loopback, load the file,
+    stream one request."""
     import requests
 
     port = free_port()
@@ -59,7 +64,7 @@ def bench_cortex(path: Path, threads: int) -> tuple[float, float, int]:
     config.write_text(f"[engine]\nthreads = {threads}\n")
     cmd = [sys.executable, "-m", "cortex", "neuron", "-c", str(config)]
     cmd += ["--listen", f"127.0.0.1:{port}", "--models-dir", str(path.parent)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -184,6 +189,7 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()}")
     rows = {
         "cortex (HTTP)": bench_cortex(path, args.threads),
+        "cortex, SDPA decode": bench_cortex(path, args.threads, {"CORTEX_ATTENTION": "sdpa"}),
         "llama.cpp": llama_row(path, args.threads, args.llama_python),
         "transformers bf16": bench_transformers(path, args.threads),
     }
