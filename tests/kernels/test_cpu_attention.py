@@ -15,14 +15,11 @@ import pytest
 import torch
 
 from cortex.neuron.models import attention, cpu_attention
-from cortex.neuron.models.attention import AttentionMetadata
 from tests.support.paged_cache import (
     SHAPES,
     VARIANTS,
     Shape,
     on_cpu,
-    paged_cache,
-    queries,
     sdpa_only,
     variant_id,
 )
@@ -40,14 +37,10 @@ SHAPES_SERVED = [s for s in SHAPES if s.dim % 16 == 0] + [
 ]
 
 
-def case(
-    shape: Shape, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata]:
-    lengths = shape.lengths
-    k_cache, v_cache, _, _, attn = paged_cache(
-        lengths, [1] * len(lengths), shape.block_size, shape.kv_heads, shape.dim, dtype
-    )
-    return queries(len(lengths), shape.heads, shape.dim, dtype), k_cache, v_cache, attn
+def case(shape: Shape, dtype: torch.dtype):
+    """q, k_cache, v_cache and the metadata of a decode step on the CPU."""
+    k_cache, v_cache, _, _, attn, q = shape.step(True, dtype, torch.device("cpu"))
+    return q, k_cache, v_cache, attn
 
 
 def reference(q, k_cache, v_cache, attn, variant) -> torch.Tensor:

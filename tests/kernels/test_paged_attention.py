@@ -18,8 +18,6 @@ from tests.support.paged_cache import (
     VARIANTS,
     Shape,
     on_cpu,
-    paged_cache,
-    queries,
     sdpa_only,
     variant_id,
 )
@@ -30,16 +28,7 @@ FP32_ATOL = 1e-4
 
 def run_decode(shape: Shape, variant, num_splits: int, dtype=torch.float32):
     window, scale, softcap = variant
-    k_cache, v_cache, _, _, attn = paged_cache(
-        shape.lengths,
-        [1] * len(shape.lengths),
-        shape.block_size,
-        shape.kv_heads,
-        shape.dim,
-        dtype,
-        device=DEVICE,
-    )
-    q = queries(len(shape.lengths), shape.heads, shape.dim, dtype, DEVICE)
+    k_cache, v_cache, _, _, attn, q = shape.step(True, dtype, DEVICE)
     out = triton_attention.paged_decode(
         q,
         k_cache,
@@ -75,16 +64,7 @@ def test_decode_splits_match_sdpa(variant, num_splits) -> None:
 
 def run_prefill(shape: Shape, variant, dtype=torch.float32):
     window, scale, softcap = variant
-    k_cache, v_cache, k, v, attn = paged_cache(
-        shape.lengths,
-        shape.new,
-        shape.block_size,
-        shape.kv_heads,
-        shape.dim,
-        dtype,
-        device=DEVICE,
-    )
-    q = queries(sum(shape.new), shape.heads, shape.dim, dtype, DEVICE)
+    k_cache, v_cache, k, v, attn, q = shape.step(False, dtype, DEVICE)
     out = triton_attention.paged_prefill(
         q,
         k_cache,

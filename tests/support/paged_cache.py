@@ -110,6 +110,15 @@ class Shape:
         lens = "-".join(f"{n}:{m}" for n, m in zip(self.lengths, self.new, strict=True))
         return f"len{lens}_h{self.heads}kv{self.kv_heads}_d{self.dim}_b{self.block_size}"
 
+    def step(self, decode: bool, dtype: torch.dtype, device: torch.device):
+        """A decode step (one new token per sequence) or this prefill step on its cache:
+        `paged_cache`'s five results, then the step's queries [T, heads, dim]."""
+        new = [1] * len(self.lengths) if decode else self.new
+        cache = paged_cache(
+            self.lengths, new, self.block_size, self.kv_heads, self.dim, dtype, device=device
+        )
+        return *cache, queries(sum(new), self.heads, self.dim, dtype, device)
+
 
 # Ragged lengths of 1, one block, a block +- 1 and several blocks; prefill of whole prompts
 # and of chunks over a cached prefix (prefix-cache hits, chunked prefill), crossing blocks or
