@@ -7,8 +7,8 @@ is (tokens - 1) / (time of the last token - time of the first), so the prefill i
 prefill time (request to first token) is printed beside it; that second request finds its
 prompt cached (cortex's prefix cache, llama.cpp's prompt cache), so a prefill from scratch is
 measured apart, in process: cortex's quantized default against its exact fp32 path. A second
-cortex row runs decode attention on torch's SDPA (`CORTEX_ATTENTION=sdpa`) instead of the C
-kernel, to show what the kernel gives.
+cortex row runs torch's ops only (`CORTEX_CPU_KERNELS=off`: SDPA attention and torch's RMSNorm
+instead of the C kernels of models/cpu_kernels.c), to show what the kernels give.
 
 llama.cpp runs in whatever Python has `llama_cpp` (build llama-cpp-python from source in its
 own venv, e.g. `CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_BLAS=OFF" pip install
@@ -189,7 +189,7 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()}")
     rows = {
         "cortex (HTTP)": bench_cortex(path, args.threads),
-        "cortex, SDPA decode": bench_cortex(path, args.threads, {"CORTEX_ATTENTION": "sdpa"}),
+        "cortex, torch ops": bench_cortex(path, args.threads, {"CORTEX_CPU_KERNELS": "off"}),
         "llama.cpp": llama_row(path, args.threads, args.llama_python),
         "transformers bf16": bench_transformers(path, args.threads),
     }

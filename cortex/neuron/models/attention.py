@@ -16,7 +16,7 @@ and tanh soft-cap (Gemma 2); a window is only a mask over the blocks a sequence 
 
 On CUDA, when Triton imports, both run as the paged kernels of triton_attention.py, which
 read K/V through the block tables; this SDPA path is the CPU path and their reference. On the
-CPU, decode runs as the C kernel of cpu_attention.py where it is built and faster.
+CPU, decode runs as the C kernel of cpu_kernels.py where it is built and faster.
 `CORTEX_ATTENTION=sdpa` in the environment keeps both devices on SDPA (for comparisons).
 """
 
@@ -32,7 +32,7 @@ from types import ModuleType
 import torch
 import torch.nn.functional as F
 
-from cortex.neuron.models import cpu_attention
+from cortex.neuron.models import cpu_kernels
 from cortex.neuron.models.model_config import ModelConfig
 
 
@@ -254,8 +254,8 @@ def decode_attention(
         return kernels.paged_decode(
             q, k_cache, v_cache, attn.block_tables, attn.context_lens, window, scale, softcap
         )
-    if q.device.type == "cpu" and (lib := cpu_attention.kernel_for(q, k_cache)) is not None:
-        return cpu_attention.paged_decode(
+    if q.device.type == "cpu" and (lib := cpu_kernels.kernel_for(q, k_cache)) is not None:
+        return cpu_kernels.paged_decode(
             lib, q, k_cache, v_cache, attn.block_tables, attn.context_lens, window, scale, softcap
         )
     if attn.decode is None or window not in attn.decode.biases:

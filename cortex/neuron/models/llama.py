@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cortex.errors import ModelLoadFailed
+from cortex.neuron.models import cpu_kernels
 from cortex.neuron.models.attention import (
     AttentionMetadata,
     KVCache,
@@ -67,6 +68,8 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:  # nothing to cast: one fused kernel, weight included
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        if (out := cpu_kernels.rms_norm(x, self.weight, self.eps)) is not None:
+            return out
         return self.weight * rms_normalize(x, self.eps)
 
 

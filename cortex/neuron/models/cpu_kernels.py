@@ -1,19 +1,23 @@
-"""The CPU's paged decode attention: cpu_attention.c, built on first use, called through ctypes.
+"""The CPU's C kernels (cpu_kernels.c): built on first use, called through ctypes.
 
-decode_attention (attention.py) calls `paged_decode` on the CPU when `kernel_for` gives a
-library. The contract is that of triton_attention.paged_decode: K/V read in place through the
-block tables, the new tokens already stored. At batch 1 on SmolLM2's shapes it takes ~77 µs a
-layer where torch's gather, mask and SDPA take 180-250 µs.
+At batch 1 on a small model the decode step is hundreds of small torch ops, and their set-up
+and dispatch cost more than their arithmetic. Two of them are worth a kernel each:
+- `paged_decode`, which decode_attention (attention.py) calls where `kernel_for` gives a
+  library. Its contract is that of triton_attention.paged_decode: K/V read in place through
+  the block tables, the new tokens already stored. At batch 1 on SmolLM2's shapes it takes
+  ~50-77 µs a layer where torch's gather, mask and SDPA take 180-250 µs.
+- `rms_norm`, HF's RMSNorm of bf16 rows (llama.py's RMSNorm), one call for torch's five.
 
 The library is compiled with the machine's C compiler (`$CC`, else `cc`) for the machine's CPU
 (`-march=native`) into `cache_dir()`, named by a hash of the source, the command and the CPU's
 flags, so a cache shared between machines never runs code built for another CPU. A host
-without a compiler, a writable cache or AVX-512 keeps torch's path: one warning in the log,
-nothing else changes. `CORTEX_ATTENTION=sdpa` keeps torch's path too (for comparisons).
+without a compiler, a writable cache or AVX-512 keeps torch's ops: one warning in the log,
+nothing else changes. `CORTEX_CPU_KERNELS=off` keeps torch's ops too, and
+`CORTEX_ATTENTION=sdpa` only attention (for comparisons).
 
-The kernel runs on one thread. Per (sequence, KV head) it is about 3x faster than SDPA here,
-and SDPA spreads those units over torch's threads, so it is used where that wins: up to 3
-intra-op threads, or at most 3 units in the batch.
+The attention kernel runs on one thread. Per (sequence, KV head) it is about 3x faster than
+SDPA here, and SDPA spreads those units over torch's threads, so it is used where that wins:
+up to 3 intra-op threads, or at most 3 units in the batch.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import torch
 
 log = logging.getLogger("cortex.neuron")
 
-SOURCE = "cpu_attention.c"  # beside this module
+SOURCE = "cpu_kernels.c"  # beside this module
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC"]
 SPEEDUP = 3  # per (sequence, KV head) over SDPA, measured (see the module docstring)
 _TYPES = {torch.float32: 0, torch.bfloat16: 1}
@@ -54,7 +58,7 @@ def build(cache_dir: Path, compiler: str) -> ctypes.CDLL:
     key = hashlib.sha256(source)
     key.update(" ".join(command).encode())
     key.update(_cpu_flags().encode())
-    target = cache_dir / f"cpu_attention-{key.hexdigest()[:16]}.so"
+    target = cache_dir / f"cpu_kernels-{key.hexdigest()[:16]}.so"
     if not target.exists():
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
@@ -79,20 +83,29 @@ def build(cache_dir: Path, compiler: str) -> ctypes.CDLL:
         lib = ctypes.CDLL(str(target))
     except OSError as exc:
         raise KernelUnavailable(f"cannot load {target.name}: {exc}") from exc
-    if not lib.cortex_paged_decode_ready():
+    if not lib.cortex_kernels_ready():
         raise KernelUnavailable("this CPU has no AVX-512")
     lib.cortex_paged_decode.argtypes = [_P, _L, _P, _P, _P, _P, _P] + [_I] * 8 + [_F, _F]
     lib.cortex_paged_decode.restype = _I
+    lib.cortex_rms_norm_bf16.argtypes = [_P, _P, _P, _L, _I, _F]
+    lib.cortex_rms_norm_bf16.restype = _I
     return lib
 
 
-@cache
 def kernel() -> ctypes.CDLL | None:
-    """The library built for this host, or None where it cannot be (logged once)."""
+    """The library built for this host, or None where torch's ops stay
+    (`CORTEX_CPU_KERNELS=off`, or it cannot be built: logged once)."""
+    if os.environ.get("CORTEX_CPU_KERNELS") == "off":
+        return None
+    return _built()
+
+
+@cache
+def _built() -> ctypes.CDLL | None:
     try:
         return build(cache_dir(), os.environ.get("CC", "cc"))
     except KernelUnavailable as exc:
-        log.warning("CPU decode attention stays on torch's SDPA: %s", exc)
+        log.warning("the CPU kernels are off, torch's ops run instead: %s", exc)
         return None
 
 
@@ -122,6 +135,23 @@ def kernel_for(q: torch.Tensor, k_cache: torch.Tensor) -> ctypes.CDLL | None:
     ):
         return kernel()
     return None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
+    """weight * bf16(x / rms(x)) over the last dim of a bf16 CPU tensor, or None where the
+    kernel does not serve it (another dtype or device, a size not a multiple of 16)."""
+    dim = x.shape[-1]
+    if x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16 or x.device.type != "cpu":
+        return None
+    if dim % 16 != 0 or (lib := kernel()) is None:
+        return None
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    status = lib.cortex_rms_norm_bf16(
+        x.data_ptr(), weight.data_ptr(), out.data_ptr(), x.numel() // dim, dim, eps
+    )
+    assert status == 0, "rms_norm admits only what the kernel supports"
+    return out
 
 
 def paged_decode(

@@ -1,11 +1,12 @@
-/* Paged decode attention for x86-64 CPUs with AVX-512: one new query token per sequence
- * against the K/V it holds in the block cache, read in place through its block table.
+/* CPU kernels for the decode step of x86-64 CPUs with AVX-512, where torch's eager ops cost
+ * more in set-up and dispatch than in arithmetic at batch 1.
  *
- * torch's path for the same step gathers every position the tables span into new tensors,
- * builds a mask and runs SDPA; at small batches the gathers and the kernel's set-up cost more
- * than the arithmetic. Here the query heads that share a KV head walk that head's rows once
- * for the scores and once for the values. Scores, softmax and the weighted sum are fp32
- * whatever the cache holds (fp32 or bf16).
+ * cortex_paged_decode: paged decode attention. One new query token per sequence against the
+ * K/V it holds in the block cache, read in place through its block table. torch's path for
+ * the same step gathers every position the tables span into new tensors, builds a mask and
+ * runs SDPA. Here the query heads that share a KV head walk that head's rows once for the
+ * scores and once for the values. Scores, softmax and the weighted sum are fp32 whatever the
+ * cache holds (fp32 or bf16).
  *
  * Layouts (elements, row-major):
  *   q        [batch, heads, dim], `q_stride` elements from one sequence's row to the next
@@ -17,9 +18,12 @@
  * query sees the last `window` positions only; with `softcap` > 0 scores become
  * softcap * tanh(score / softcap) (Gemma 2).
  *
- * cpu_attention.py builds this at run time with the machine's compiler (-march=native) and
+ * cortex_rms_norm_bf16: HF's RMSNorm of bf16 rows, weight * bf16(x / rms(x)), the
+ * normalisation in fp32 (torch's path for it is five kernels).
+ *
+ * cpu_kernels.py builds this at run time with the machine's compiler (-march=native) and
  * calls it through ctypes. Without AVX-512 it builds to a stub whose `ready` says 0, and
- * decode stays on torch's path.
+ * the neuron stays on torch's ops.
  */
 #include <math.h>
 #include <stdint.h>
@@ -33,7 +37,7 @@ enum { OK = 0, NO_MEMORY = -1, UNSUPPORTED = -2 };
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
-int cortex_paged_decode_ready(void) { return 1; }
+int cortex_kernels_ready(void) { return 1; }
 
 /* 16 elements at p, widened to fp32 (bf16 is the top half of an fp32). */
 static inline __m512 load16(const void *p, int type) {
@@ -44,18 +48,24 @@ static inline __m512 load16(const void *p, int type) {
     return _mm512_loadu_ps(p);
 }
 
-/* 16 fp32 values to p (bf16: rounded to nearest, ties to even; NaN stays NaN). */
-static inline void store16(void *p, __m512 x, int type) {
-    if (type != BF16) {
-        _mm512_storeu_ps(p, x);
-        return;
-    }
+/* x rounded to bf16 (to nearest, ties to even; NaN stays NaN), still as fp32. */
+static inline __m512 round_bf16(__m512 x) {
     __m512i bits = _mm512_castps_si512(x);
     __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
     __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
     __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
     rounded = _mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0x7fc00000));
-    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16)));
+    return _mm512_castsi512_ps(_mm512_and_si512(rounded, _mm512_set1_epi32((int)0xffff0000)));
+}
+
+/* 16 fp32 values to p (bf16: rounded as round_bf16). */
+static inline void store16(void *p, __m512 x, int type) {
+    if (type != BF16) {
+        _mm512_storeu_ps(p, x);
+        return;
+    }
+    __m512i bits = _mm512_castps_si512(round_bf16(x));
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
 }
 
 /* e^x for x <= 0 (a score minus its row's best), within a few ulp of expf: x = n ln2 + r with
@@ -181,9 +191,36 @@ int cortex_paged_decode(const void *q, long q_stride, const void *k, const void 
     return OK;
 }
 
+/* out = weight * bf16(x / sqrt(mean(x^2) + eps)) for `rows` contiguous bf16 rows of `dim`
+ * (a multiple of 16), as HF's LlamaRMSNorm: normalised in fp32, rounded, then weighted. */
+int cortex_rms_norm_bf16(const uint16_t *x, const uint16_t *weight, uint16_t *out, long rows,
+                         int dim, float eps) {
+    if (dim % 16 != 0) return UNSUPPORTED;
+    for (long r = 0; r < rows; r++) {
+        const uint16_t *xr = x + r * dim;
+        uint16_t *o = out + r * dim;
+        __m512 squares = _mm512_setzero_ps();
+        for (int d = 0; d < dim; d += 16) {
+            __m512 v = load16(xr + d, BF16);
+            squares = _mm512_fmadd_ps(v, v, squares);
+        }
+        __m512 inv = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(squares) / dim + eps));
+        for (int d = 0; d < dim; d += 16) {
+            __m512 normed = round_bf16(_mm512_mul_ps(load16(xr + d, BF16), inv));
+            store16(o + d, _mm512_mul_ps(normed, load16(weight + d, BF16)), BF16);
+        }
+    }
+    return OK;
+}
+
 #else
 
-int cortex_paged_decode_ready(void) { return 0; }
+int cortex_kernels_ready(void) { return 0; }
+
+int cortex_rms_norm_bf16(const uint16_t *x, const uint16_t *weight, uint16_t *out, long rows,
+                         int dim, float eps) {
+    return UNSUPPORTED;
+}
 
 int cortex_paged_decode(const void *q, long q_stride, const void *k, const void *v,
                         const int32_t *tables, const int32_t *lens, void *out, int type,

@@ -1,4 +1,5 @@
-"""The CPU's C decode-attention kernel (cpu_attention.c) against torch's SDPA path.
+"""The CPU's C kernels (cpu_kernels.c) against torch: decode attention against the SDPA path,
+RMSNorm against torch's ops.
 
 It reads only each sequence's own positions: the paged caches hold NaN everywhere else, so a
 read past a context, a window or a table shows. Shapes the kernel does not serve (a head size
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cortex.neuron.models import attention, cpu_attention
+from cortex.neuron.models import attention, cpu_kernels
+from cortex.neuron.models.llama import rms_normalize
 from tests.support.paged_cache import (
     SHAPES,
     VARIANTS,
@@ -24,7 +26,7 @@ from tests.support.paged_cache import (
     variant_id,
 )
 
-LIB = cpu_attention.kernel()
+LIB = cpu_kernels.kernel()
 needs_kernel = pytest.mark.skipif(LIB is None, reason="no C compiler or no AVX-512 on this host")
 # bf16 outputs are rounded once, from fp32 (the reference rounds too, at other points).
 ATOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
@@ -55,7 +57,7 @@ def reference(q, k_cache, v_cache, attn, variant) -> torch.Tensor:
 @pytest.mark.parametrize("shape", SHAPES_SERVED, ids=str)
 def test_kernel_matches_sdpa(shape: Shape, variant, dtype: torch.dtype) -> None:
     q, k_cache, v_cache, attn = case(shape, dtype)
-    assert cpu_attention.kernel_for(q, k_cache) is LIB
+    assert cpu_kernels.kernel_for(q, k_cache) is LIB
     out = attention.decode_attention(q, k_cache, v_cache, attn, *variant)  # the kernel's path
     assert out.dtype == dtype and not out.isnan().any()
     torch.testing.assert_close(
@@ -71,10 +73,10 @@ def test_queries_split_from_a_fused_projection() -> None:
     fused = torch.cat((q, torch.randn(q.shape[0], shape.kv_heads, shape.dim).bfloat16()), dim=1)
     view = fused.split([shape.heads, shape.kv_heads], dim=1)[0]
     assert not view.is_contiguous()
-    out = cpu_attention.paged_decode(
+    out = cpu_kernels.paged_decode(
         LIB, view, k_cache, v_cache, attn.block_tables, attn.context_lens, None, None, None
     )
-    torch.testing.assert_close(out, cpu_attention.paged_decode(
+    torch.testing.assert_close(out, cpu_kernels.paged_decode(
         LIB, q, k_cache, v_cache, attn.block_tables, attn.context_lens, None, None, None
     ), atol=0, rtol=0)  # fmt: skip
 
@@ -83,12 +85,12 @@ def test_unserved_shapes_and_sdpa_setting_stay_on_torch(monkeypatch: pytest.Monk
     monkeypatch.delenv("CORTEX_ATTENTION", raising=False)
     odd = Shape([20, 3], [1, 1], 14, 2, 24, 12)  # Phi-3-like head size 24
     q, k_cache, _, _ = case(odd, torch.float32)
-    assert cpu_attention.kernel_for(q, k_cache) is None
+    assert cpu_kernels.kernel_for(q, k_cache) is None
     q, k_cache, _, _ = case(SHAPES_SERVED[-3], torch.float16)
-    assert cpu_attention.kernel_for(q, k_cache) is None
+    assert cpu_kernels.kernel_for(q, k_cache) is None
     q, k_cache, _, _ = case(SHAPES_SERVED[-3], torch.float32)
     monkeypatch.setenv("CORTEX_ATTENTION", "sdpa")
-    assert cpu_attention.kernel_for(q, k_cache) is None
+    assert cpu_kernels.kernel_for(q, k_cache) is None
 
 
 def test_large_batches_on_many_threads_stay_on_torch(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -96,55 +98,91 @@ def test_large_batches_on_many_threads_stay_on_torch(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
     small = Shape([30], [1], 9, 3, 64, 16)
     q, k_cache, _, _ = case(small, torch.float32)
-    assert cpu_attention.kernel_for(q, k_cache) is LIB
+    assert cpu_kernels.kernel_for(q, k_cache) is LIB
     big = Shape([30] * 4, [1] * 4, 9, 3, 64, 16)
     q, k_cache, _, _ = case(big, torch.float32)
-    assert cpu_attention.kernel_for(q, k_cache) is None
+    assert cpu_kernels.kernel_for(q, k_cache) is None
 
 
 def test_build_without_a_compiler_is_reported(tmp_path: Path) -> None:
-    with pytest.raises(cpu_attention.KernelUnavailable, match="no C compiler"):
-        cpu_attention.build(tmp_path, "no-such-cc-here")
-    with pytest.raises(cpu_attention.KernelUnavailable, match="false failed"):
-        cpu_attention.build(tmp_path, "false")
+    with pytest.raises(cpu_kernels.KernelUnavailable, match="no C compiler"):
+        cpu_kernels.build(tmp_path, "no-such-cc-here")
+    with pytest.raises(cpu_kernels.KernelUnavailable, match="false failed"):
+        cpu_kernels.build(tmp_path, "false")
     assert not list(tmp_path.glob("*.so"))
 
 
-def test_a_failed_build_logs_once_and_serves_on_sdpa(
+def test_a_failed_build_logs_once_and_serves_on_torch(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("CC", "no-such-cc-here")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    cpu_attention.kernel.cache_clear()
+    cpu_kernels._built.cache_clear()
     try:
         with caplog.at_level(logging.WARNING, logger="cortex.neuron"):
             shape = SHAPES_SERVED[-3]
             q, k_cache, v_cache, attn = case(shape, torch.float32)
-            assert cpu_attention.kernel_for(q, k_cache) is None
-            assert cpu_attention.kernel_for(q, k_cache) is None
+            assert cpu_kernels.kernel_for(q, k_cache) is None
+            assert cpu_kernels.kernel_for(q, k_cache) is None
+            rows = torch.ones(2, 32, dtype=torch.bfloat16)
+            assert cpu_kernels.rms_norm(rows, rows[0], 1e-6) is None
             out = attention.decode_attention(q, k_cache.nan_to_num(), v_cache.nan_to_num(), attn)
         torch.testing.assert_close(out, reference(q, k_cache, v_cache, attn, (None, None, None)))
-        warnings = [r.getMessage() for r in caplog.records if "stays on torch" in r.getMessage()]
+        warnings = [r.getMessage() for r in caplog.records if "kernels are off" in r.getMessage()]
         assert warnings == [
-            "CPU decode attention stays on torch's SDPA: no C compiler (no-such-cc-here)"
+            "the CPU kernels are off, torch's ops run instead: no C compiler (no-such-cc-here)"
         ]
     finally:
-        cpu_attention.kernel.cache_clear()
+        cpu_kernels._built.cache_clear()
 
 
 @needs_kernel
 def test_build_is_cached(tmp_path: Path) -> None:
-    cpu_attention.build(tmp_path, "cc")
-    (built,) = tmp_path.glob("cpu_attention-*.so")
+    cpu_kernels.build(tmp_path, "cc")
+    (built,) = tmp_path.glob("cpu_kernels-*.so")
     stamp = built.stat().st_mtime_ns
-    cpu_attention.build(tmp_path, "cc")
+    cpu_kernels.build(tmp_path, "cc")
     assert built.stat().st_mtime_ns == stamp
     assert list(tmp_path.iterdir()) == [built]  # no scratch left behind
 
 
 def test_kernels_go_to_systemds_cache_directory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CACHE_DIRECTORY", "/var/cache/helexa-neuron:/var/cache/other")
-    assert cpu_attention.cache_dir() == Path("/var/cache/helexa-neuron/kernels")
+    assert cpu_kernels.cache_dir() == Path("/var/cache/helexa-neuron/kernels")
     monkeypatch.delenv("CACHE_DIRECTORY")
     monkeypatch.setenv("XDG_CACHE_HOME", "/tmp/somewhere")
-    assert cpu_attention.cache_dir() == Path("/tmp/somewhere/cortex/kernels")
+    assert cpu_kernels.cache_dir() == Path("/tmp/somewhere/cortex/kernels")
+
+
+@needs_kernel
+def test_rms_norm_matches_torch_to_the_last_bit_almost() -> None:
+    """Against torch's ops for HF's RMSNorm (fp32 normalisation, rounded, then weighted): equal
+    but for the odd last-bit rounding of the sum of squares, on rows of every scale."""
+    torch.manual_seed(0)
+    for scale in (1e-3, 1.0, 300.0):
+        x = (torch.randn(3, 5, 576) * scale).bfloat16()
+        weight = torch.randn(576).bfloat16()
+        out = cpu_kernels.rms_norm(x, weight, 1e-6)
+        expected = weight * rms_normalize(x, 1e-6)
+        assert out.shape == x.shape and out.dtype == torch.bfloat16
+        differ = (out != expected).float().mean().item()
+        assert differ < 1e-3, f"{differ:.2%} of the values differ at scale {scale}"
+        torch.testing.assert_close(out, expected, atol=0, rtol=2**-7)
+    # A strided view (Qwen3's q/k norm of a slice) is normed as its values.
+    fused = torch.randn(4, 12, 128).bfloat16()
+    weight = torch.randn(128).bfloat16()
+    view = fused[:, :8]
+    torch.testing.assert_close(
+        cpu_kernels.rms_norm(view, weight, 1e-6),
+        cpu_kernels.rms_norm(view.contiguous(), weight, 1e-6),
+    )
+
+
+def test_rms_norm_serves_bf16_rows_of_16s_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    weight = torch.ones(24, dtype=torch.bfloat16)
+    assert cpu_kernels.rms_norm(torch.ones(2, 24, dtype=torch.bfloat16), weight, 1e-6) is None
+    weight = torch.ones(32, dtype=torch.float16)
+    assert cpu_kernels.rms_norm(torch.ones(2, 32, dtype=torch.float16), weight, 1e-6) is None
+    monkeypatch.setenv("CORTEX_CPU_KERNELS", "off")
+    weight = torch.ones(32, dtype=torch.bfloat16)
+    assert cpu_kernels.rms_norm(torch.ones(2, 32, dtype=torch.bfloat16), weight, 1e-6) is None
