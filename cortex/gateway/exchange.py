@@ -29,7 +29,9 @@ a clear 502. Either way, and when the client goes away (the handler is cancelled
 upstream connection is closed, which cancels the generation on the neuron at once.
 
 A neuron that refuses the connection, breaks it or answers 503 before the first byte is retried
-on another neuron (up to `MAX_ATTEMPTS` in all); one that no longer has a model the gateway
+on another neuron (up to `MAX_ATTEMPTS` in all); one that closes the connection before any
+answer is first tried once more itself, as that is what a pooled keep-alive connection looks
+like when the neuron closed it as idle just as it was reused; one that no longer has a model the gateway
 believed loaded there (404 `model_not_found`: it restarted) gets the model loaded again. Other
 error answers are raised as the `cortex.errors` class the neuron's envelope names (message and
 status kept), so each route renders them in its own dialect. The neuron's own `Retry-After` (on
@@ -143,6 +145,7 @@ class ProxiedRequest:
         gw = self.gw
         payload = encode_body(body, self.model, stream)
         exclude: frozenset[str] = frozenset()
+        disconnected: frozenset[str] = frozenset()  # neurons that closed a connection unanswered
         failures: list[str] = []
         only_busy = True  # every failure so far was a 503: the fleet is busy, not broken
         delays: list[float] = []  # Retry-After of each busy answer
@@ -167,6 +170,12 @@ class ProxiedRequest:
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as e:
                 only_busy = False
                 failures.append(f"neuron {neuron.name} failed: {e or type(e).__name__}")
+                stale = isinstance(e, aiohttp.ServerDisconnectedError)
+                if stale and neuron.name not in disconnected:
+                    # Closed before any answer: most often a pooled keep-alive connection the
+                    # neuron closed as idle just as it was reused. Once, the same neuron again.
+                    disconnected |= {neuron.name}
+                    continue
                 exclude |= {neuron.name}
                 gw.poller.poke(neuron)
                 continue

@@ -101,6 +101,24 @@ async def test_retry_on_another_neuron_before_first_byte():
                 assert (await r.json())["choices"][0]["message"]["content"] == "hi from b"
 
 
+async def test_a_connection_closed_unanswered_is_retried_on_the_same_neuron():
+    """What a pooled keep-alive connection looks like when the neuron closed it as idle just as
+    the gateway reused it: the only neuron gets the request again, streamed or not. A neuron
+    that keeps closing is given up (502), not retried for ever."""
+    a = FakeNeuron("a", loaded("m1"))
+    async with fleet(a), running(make_config([a])) as g:
+        for stream in (False, True):
+            a.script.refusals = 1
+            chats = len(a.chats)
+            async with await g.chat("m1", stream=stream) as r:
+                assert r.status == 200
+                assert (b"[DONE]" if stream else b"hi from a") in await r.read()
+            assert len(a.chats) == chats + 2  # the closed one, then the answered one
+        a.script.refuse = True
+        async with await g.chat("m1") as r:
+            assert r.status == 502
+
+
 async def test_a_neuron_answering_503_is_retried_elsewhere():
     a, b = FakeNeuron("a", loaded("m1")), FakeNeuron("b", loaded("m1"))
     async with fleet(a, b), running(make_config([a, b])) as g:

@@ -105,6 +105,7 @@ class Script:
     chunks: int = 3  # content deltas of the default answer
     chunk_delay: float = 0.0  # after each streamed delta (and before a whole answer)
     refuse: bool = False  # close the connection before any answer
+    refusals: int = 0  # as `refuse`, for this many of the next requests
     endpoint_host: str = "localhost"  # what /models/{id}/endpoint says (the gateway rewrites it)
     spaced_json: bool = False  # write chunks as `{"a": 1, "b": 2}`, as some OpenAI servers do
 
@@ -301,7 +302,8 @@ class FakeNeuron(RequestLog):
         self._check(request)
         body = await request.json()
         script = self.script
-        if script.refuse:
+        if script.refuse or script.refusals > 0:
+            script.refusals = max(0, script.refusals - 1)
             request.transport.close()
             return web.Response()
         reply = self.replies.pop(0) if self.replies else script.reply

@@ -27,6 +27,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import subprocess
 import tempfile
 from functools import cache
@@ -49,8 +50,9 @@ class KernelUnavailable(Exception):
 
 
 def build(cache_dir: Path, compiler: str) -> ctypes.CDLL:
-    """Compile (unless cached) and load the kernel library; raises KernelUnavailable."""
-    command = [compiler, *FLAGS]
+    """Compile (unless cached) and load the kernel library; raises KernelUnavailable.
+    `compiler` is a command line, as `$CC` may be ("ccache gcc")."""
+    command = [*shlex.split(compiler), *FLAGS]
     try:  # a resource, not a path: the package may run from a zip archive
         source = resources.files(__package__).joinpath(SOURCE).read_bytes()
     except OSError as exc:
