@@ -37,6 +37,7 @@ APIS = {
     "/v1/models": "models",
     "/v1/responses": "responses",
 }
+KEEPALIVE_S = 10.0  # how long an idle pooled connection to a neuron is kept
 ARRIVED = web.RequestKey("cortex.arrived", float)
 MODEL = web.RequestKey("cortex.model", str)
 NEURON = web.RequestKey("cortex.neuron", str)
@@ -96,7 +97,10 @@ class Gateway:
         """Open the pool, poll every neuron once, start the background tasks."""
         if not self.config.neurons:
             raise ConfigError("no neurons configured: add [[neurons]] to cortex.toml or --neuron")
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+        # Idle connections are dropped before a neuron would close them (its `idle_timeout`,
+        # 15 s by default): reusing one the neuron closes at that moment fails the request's
+        # first attempt (exchange.py then tries that neuron once more).
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_S)
         # The User-Agent tells a neuron's logs which gateway build calls it.
         headers = {"User-Agent": f"cortex/{__version__}"}
         self.session = aiohttp.ClientSession(connector=connector, headers=headers)

@@ -7,8 +7,9 @@ import time
 from email.utils import formatdate
 
 from cortex.api.sse import SSEParser
-from cortex.config import ModelEntry
+from cortex.config import ModelEntry, NeuronSection
 from cortex.gateway.neuron_client import rewrite_loopback
+from cortex.gateway.state import KEEPALIVE_S
 from tests.support.fake_neuron import CHAT, FakeModel, FakeNeuron, Reply, fleet, loaded
 from tests.support.gateway_app import make_config, running
 
@@ -270,3 +271,9 @@ def test_rewrite_loopback_keeps_port_and_path():
     assert (
         rewrite_loopback("http://localhost:9000", "http://127.0.0.1:1") == "http://localhost:9000"
     )
+
+
+def test_idle_connections_are_dropped_before_a_default_neuron_closes_them():
+    """The gateway's pool keeps an idle connection for less time than a neuron with default
+    settings keeps it open, so that reuse rarely meets a connection being closed."""
+    assert float(NeuronSection().idle_timeout) > KEEPALIVE_S
