@@ -31,13 +31,13 @@ upstream connection is closed, which cancels the generation on the neuron at onc
 A neuron that refuses the connection, breaks it or answers 503 before the first byte is retried
 on another neuron (up to `MAX_ATTEMPTS` in all); one that closes the connection before any
 answer is first tried once more itself, as that is what a pooled keep-alive connection looks
-like when the neuron closed it as idle just as it was reused; one that no longer has a model the gateway
-believed loaded there (404 `model_not_found`: it restarted) gets the model loaded again. Other
-error answers are raised as the `cortex.errors` class the neuron's envelope names (message and
-status kept), so each route renders them in its own dialect. The neuron's own `Retry-After` (on
-a 429 or 503) is kept too; when every neuron was busy, the client is told the soonest of their
-delays. Overhead (`x-cortex-overhead-ms`) is the gateway's own time before the answer's headers:
-arrival to headers, minus cold-load waiting and the neuron's time.
+like when the neuron closed it as idle just as it was reused; one that no longer has a model
+the gateway believed loaded there (404 `model_not_found`: it restarted) gets the model loaded
+again. Other error answers are raised as the `cortex.errors` class the neuron's envelope names
+(message and status kept), so each route renders them in its own dialect. The neuron's own
+`Retry-After` (on a 429 or 503) is kept too; when every neuron was busy, the client is told the
+soonest of their delays. Overhead (`x-cortex-overhead-ms`) is the gateway's own time before
+the answer's headers: arrival to headers, minus cold-load waiting and the neuron's time.
 """
 
 from __future__ import annotations
