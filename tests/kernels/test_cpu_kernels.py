@@ -1,5 +1,7 @@
-"""The CPU's C kernels (cpu_kernels.c) against torch: decode attention against the SDPA path,
-RMSNorm against torch's ops.
+"""The CPU's C kernels (cpu_kernels.c) against torch: decode attention against the SDPA path
+(on any thread count, its positions split among the threads), RoPE + cache store + attention
+against torch's RoPE and store, RMSNorm (alone and after a residual add), SiLU-and-multiply and
+the int8 matmul against torch's ops, and a bf16 decoder's decode against its torch-ops decode.
 
 It reads only each sequence's own positions: the paged caches hold NaN everywhere else, so a
 read past a context, a window or a table shows. Shapes the kernel does not serve (a head size
@@ -10,13 +12,21 @@ must keep serving.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cortex.neuron.models import attention, cpu_kernels
+from cortex.neuron.models.attention import store_kv
 from cortex.neuron.models.llama import rms_normalize
+from cortex.neuron.models.loading import load_model
+from cortex.neuron.models.quantized import Int8Linear
+from cortex.neuron.models.rope import apply_rope
+from tests.decoder.paged import PagedRunner
+from tests.support.checkpoints import make_tiny_checkpoint
 from tests.support.paged_cache import (
     SHAPES,
     VARIANTS,
@@ -37,6 +47,14 @@ SHAPES_SERVED = [s for s in SHAPES if s.dim % 16 == 0] + [
     Shape([300, 129], [1, 1], 8, 1, 128, 32),
     Shape([50, 17], [1, 1], 6, 6, 16, 5),  # a block size not a power of two
 ]
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings() -> Iterator[None]:
+    """The kernels' switches as each test sets them (they are read once, then kept)."""
+    cpu_kernels.reread_settings()
+    yield
+    cpu_kernels.reread_settings()
 
 
 def case(shape: Shape, dtype: torch.dtype):
@@ -66,6 +84,25 @@ def test_kernel_matches_sdpa(shape: Shape, variant, dtype: torch.dtype) -> None:
 
 
 @needs_kernel
+@pytest.mark.parametrize("threads", [1, 3, 5])
+@pytest.mark.parametrize("variant", VARIANTS[:2], ids=variant_id)
+def test_positions_split_over_any_thread_count(
+    monkeypatch: pytest.MonkeyPatch, threads: int, variant
+) -> None:
+    """Each (sequence, KV head) splits its positions among the threads and the parts merge by
+    their maxima: unequal parts, empty ones (a 1-token context on 5 threads), any count."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    shape = Shape([700, 1, 33, 3], [1] * 4, 9, 3, 64, 16)
+    q, k_cache, v_cache, attn = case(shape, torch.float32)
+    out = cpu_kernels.paged_decode(
+        LIB, q, k_cache, v_cache, attn.block_tables, attn.context_lens, *variant
+    )
+    torch.testing.assert_close(
+        out, reference(q, k_cache, v_cache, attn, variant), atol=ATOL[torch.float32], rtol=0
+    )
+
+
+@needs_kernel
 def test_queries_split_from_a_fused_projection() -> None:
     """q as the model hands it: a view of the fused q/k rows, its rows strided."""
     shape = SHAPES_SERVED[-3]
@@ -90,6 +127,7 @@ def test_unserved_shapes_and_sdpa_setting_stay_on_torch(monkeypatch: pytest.Monk
     assert cpu_kernels.kernel_for(q, k_cache) is None
     q, k_cache, _, _ = case(SHAPES_SERVED[-3], torch.float32)
     monkeypatch.setenv("CORTEX_ATTENTION", "sdpa")
+    cpu_kernels.reread_settings()
     assert cpu_kernels.kernel_for(q, k_cache) is None
 
 
@@ -184,5 +222,138 @@ def test_rms_norm_serves_bf16_rows_of_16s_only(monkeypatch: pytest.MonkeyPatch) 
     weight = torch.ones(32, dtype=torch.float16)
     assert cpu_kernels.rms_norm(torch.ones(2, 32, dtype=torch.float16), weight, 1e-6) is None
     monkeypatch.setenv("CORTEX_CPU_KERNELS", "off")
+    cpu_kernels.reread_settings()
     weight = torch.ones(32, dtype=torch.bfloat16)
     assert cpu_kernels.rms_norm(torch.ones(2, 32, dtype=torch.bfloat16), weight, 1e-6) is None
+
+
+def rope_case(shape: Shape, dtype: torch.dtype, rotary: int):
+    """A decode step's fused projection rows [B, (H + 2 KVH) D] (strided views qk and v), its
+    cos and signed sin [B, 1, rotary], and the step's caches and metadata."""
+    _, k_cache, v_cache, attn = case(shape, dtype)
+    batch, heads, kv_heads, dim = len(shape.lengths), shape.heads, shape.kv_heads, shape.dim
+    projected = torch.randn(batch, (heads + 2 * kv_heads) * dim + 8).to(dtype)[:, 8:]
+    qk, v = projected.split([(heads + kv_heads) * dim, kv_heads * dim], dim=-1)
+    angles = torch.rand(batch, 1, rotary // 2) * 6.28
+    cos = torch.cat((angles.cos(), angles.cos()), dim=-1).to(dtype)
+    sin = torch.cat((-angles.sin(), angles.sin()), dim=-1).to(dtype)
+    return (
+        qk.view(batch, heads + kv_heads, dim),
+        v.view(batch, kv_heads, dim),
+        cos,
+        sin,
+        (k_cache, v_cache, attn),
+    )
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", ATOL, ids=str)
+@pytest.mark.parametrize("rotary", ["full", "half"])
+@pytest.mark.parametrize("variant", VARIANTS[:3], ids=variant_id)
+def test_rope_decode_equals_torchs_rope_and_store_then_the_kernel(
+    dtype: torch.dtype, rotary: str, variant
+) -> None:
+    """RoPE (full, and partial as Phi-4-mini's), the cache store and attention in one call give
+    the caches of apply_rope + store_kv bit for bit, and the attention of their queries."""
+    shape = Shape([40, 17, 5], [1, 1, 1], 8, 2, 32, 16)
+    qk, v, cos, sin, (k_cache, v_cache, attn) = rope_case(
+        shape, dtype, shape.dim if rotary == "full" else shape.dim // 2
+    )
+    k_ours, v_ours = k_cache.clone(), v_cache.clone()
+    meta = (attn.slot_mapping, attn.block_tables, attn.context_lens)
+    out = cpu_kernels.rope_decode(qk, v, cos, sin, k_ours, v_ours, *meta, *variant)
+    q, k = apply_rope(qk, cos, sin).split([shape.heads, shape.kv_heads], dim=1)
+    store_kv(k, v, k_cache, v_cache, attn.slot_mapping)
+    torch.testing.assert_close(k_ours, k_cache, atol=0, rtol=0, equal_nan=True)
+    torch.testing.assert_close(v_ours, v_cache, atol=0, rtol=0, equal_nan=True)
+    expected = cpu_kernels.paged_decode(
+        LIB, q, k_cache, v_cache, attn.block_tables, attn.context_lens, *variant
+    )
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+
+
+@needs_kernel
+def test_rope_decode_serves_what_the_attention_kernel_serves() -> None:
+    qk, v, cos, sin, (k_cache, v_cache, attn) = rope_case(
+        Shape([9], [1], 4, 2, 32, 16), torch.float16, 32
+    )
+    meta = (attn.slot_mapping, attn.block_tables, attn.context_lens)
+    assert (
+        cpu_kernels.rope_decode(qk, v, cos, sin, k_cache, v_cache, *meta, None, None, None) is None
+    )
+
+
+@needs_kernel
+def test_add_rms_norm_is_the_add_then_the_norm() -> None:
+    torch.manual_seed(0)
+    for scale in (1e-2, 1.0, 100.0):
+        x, residual = (torch.randn(2, 3, 96) * scale).bfloat16(), torch.randn(2, 3, 96).bfloat16()
+        weight = torch.randn(96).bfloat16()
+        out, total = cpu_kernels.add_rms_norm(x, residual, weight, 1e-6)
+        assert torch.equal(total, residual + x)
+        assert torch.equal(out, cpu_kernels.rms_norm(residual + x, weight, 1e-6))
+    assert cpu_kernels.add_rms_norm(x.float(), residual.float(), weight.float(), 1e-6) is None
+    assert cpu_kernels.add_rms_norm(x[..., :24], residual[..., :24], weight[:24], 1e-6) is None
+
+
+@needs_kernel
+def test_silu_mul_matches_torch_within_a_rounding() -> None:
+    """bf16(silu(gate)) * up, rounded once more: torch's ops within one bf16 step, on gates
+    that overflow a naive e^-x (-100) and rows strided as a view."""
+    torch.manual_seed(0)
+    for scale in (0.1, 3.0, 100.0):
+        rows = (torch.randn(5, 2 * 48 + 16) * scale).bfloat16()
+        gate_up = rows[:, 16:]
+        out = cpu_kernels.silu_mul(gate_up)
+        gate, up = gate_up.split(48, dim=-1)
+        torch.testing.assert_close(out, F.silu(gate) * up, atol=1e-6, rtol=2**-7)
+    assert cpu_kernels.silu_mul(gate_up.float()) is None
+    assert cpu_kernels.silu_mul(gate_up[:, : 2 * 40]) is None  # 40 inputs: not whole vectors
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 3, cpu_kernels.MAX_ROWS])
+def test_int8_matmul_matches_the_exact_product(rows: int) -> None:
+    """x @ (q * scales).T against the same product in fp64, rounded to bf16: equal but for the
+    odd last-bit rounding of a sum taken in another order. Strided rows of x too."""
+    torch.manual_seed(rows)
+    q = torch.randint(-127, 128, (40, 80), dtype=torch.int8)
+    scales = (torch.rand(40) / 50).bfloat16()
+    x = torch.randn(rows, 96).bfloat16()[:, 8:88]
+    out = cpu_kernels.int8_matmul(x, q, scales)
+    exact = x.double() @ q.double().T * scales.double()
+    torch.testing.assert_close(out, exact.bfloat16(), atol=0, rtol=2**-7)
+    layer = Int8Linear(q, scales, None)
+    torch.testing.assert_close(layer(x), out, atol=0, rtol=0)  # the layer takes the kernel
+
+
+def test_int8_matmul_serves_decode_rows_of_bf16_only() -> None:
+    q, scales = torch.ones(16, 32, dtype=torch.int8), torch.ones(16, dtype=torch.bfloat16)
+    x = torch.ones(cpu_kernels.MAX_ROWS + 1, 32, dtype=torch.bfloat16)
+    assert cpu_kernels.int8_matmul(x, q, scales) is None  # a prefill: torch's kernel
+    assert cpu_kernels.int8_matmul(x[:1].float(), q, scales.float()) is None
+    assert cpu_kernels.int8_matmul(x[:1, :24], q[:, :24], scales) is None
+
+
+@needs_kernel
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "mistral"])
+def test_bf16_decode_through_the_kernels_matches_torchs_ops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arch: str
+) -> None:
+    """A bf16 tiny model prefilled, then decoded token by token: the kernels' logits (RoPE and
+    attention, add + norm, SiLU) against the same steps on torch's ops (qwen3: q/k norms;
+    mistral: a sliding window shorter than the text)."""
+    overrides = {"sliding_window": 6} if arch == "mistral" else {}
+    path = make_tiny_checkpoint(arch, tmp_path / arch, **overrides)
+    ids = [5, 17, 99, 3, 42, 7, 250, 11, 64, 8, 1, 30]
+
+    def logits() -> torch.Tensor:
+        runner = PagedRunner(load_model(path, "cpu", "bfloat16"), block_size=4)
+        steps = [runner.step([(0, ids[:4])])[-1:]] + [runner.step([(0, [t])]) for t in ids[4:]]
+        return torch.cat(steps).float()
+
+    ours = logits()
+    monkeypatch.setenv("CORTEX_CPU_KERNELS", "off")
+    cpu_kernels.reread_settings()
+    theirs = logits()
+    assert (ours - theirs).abs().max().item() < 0.05 * theirs.abs().max().item()

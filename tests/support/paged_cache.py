@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cortex.neuron.models import cpu_kernels
 from cortex.neuron.models.attention import AttentionMetadata, store_kv
 
 
@@ -151,6 +152,7 @@ def sdpa_only() -> Iterator[None]:
     references the kernels are held to."""
     before = os.environ.get("CORTEX_ATTENTION")
     os.environ["CORTEX_ATTENTION"] = "sdpa"
+    cpu_kernels.reread_settings()
     try:
         yield
     finally:
@@ -158,3 +160,4 @@ def sdpa_only() -> Iterator[None]:
             del os.environ["CORTEX_ATTENTION"]
         else:
             os.environ["CORTEX_ATTENTION"] = before
+        cpu_kernels.reread_settings()

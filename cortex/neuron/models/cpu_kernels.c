@@ -21,6 +21,20 @@
  * cortex_rms_norm_bf16: HF's RMSNorm of bf16 rows, weight * bf16(x / rms(x)), the
  * normalisation in fp32 (torch's path for it is five kernels).
  *
+ * cortex_rope_decode: a decode step's attention from the fused projection's output: RoPE on
+ * q and k (HF's rotate-half, with the rounding of torch's bf16 ops), k and v stored in their
+ * cache slots, then cortex_paged_decode. One call where torch's path is about ten ops.
+ *
+ * cortex_add_rms_norm_bf16: the residual add and the next RMSNorm in one pass (bf16):
+ * sum = bf16(residual + x), out = cortex_rms_norm_bf16(sum).
+ *
+ * cortex_silu_mul_bf16: bf16(bf16(silu(gate)) * up) over a fused gate/up projection's rows.
+ *
+ * cortex_int8_matmul: out = x @ (q * scales).T for a few bf16 rows of x against an int8 weight
+ * with one bf16 scale per output row (Int8Linear: the quantized lm_head). Memory-bound: the
+ * weight streams once at the memory's speed, its rows split over `threads` OpenMP threads
+ * (torch's own OpenMP runtime, already loaded, so the threads are torch's).
+ *
  * cpu_kernels.py builds this at run time with the machine's compiler (-march=native) and
  * calls it through ctypes. Without AVX-512 it builds to a stub whose `ready` says 0, and
  * the neuron stays on torch's ops.
@@ -33,6 +47,8 @@
 enum { F32 = 0, BF16 = 1 }; /* element type of q, k, v and out */
 enum { OK = 0, NO_MEMORY = -1, UNSUPPORTED = -2 };
 #define MAX_DIM 256
+#define MAX_ROWS 8      /* rows of x a matmul kernel takes (decode batches) */
+#define PREFETCH_ROWS 4 /* weight rows read ahead */
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -68,6 +84,19 @@ static inline void store16(void *p, __m512 x, int type) {
     _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
 }
 
+static inline float bf16_to_f32(uint16_t x) {
+    uint32_t bits = (uint32_t)x << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* One fp32 value to p as bf16 (rounded as round_bf16). */
+static inline void store1_bf16(uint16_t *p, float x) {
+    __m512 r = round_bf16(_mm512_set1_ps(x));
+    *p = (uint16_t)((uint32_t)_mm512_cvtsi512_si32(_mm512_castps_si512(r)) >> 16);
+}
+
 /* e^x for x <= 0 (a score minus its row's best), within a few ulp of expf: x = n ln2 + r with
  * |r| <= ln2 / 2, e^r by Cephes' polynomial, 2^n written into the exponent bits. */
 static inline __m512 exp16(__m512 x) {
@@ -91,26 +120,24 @@ static inline __mmask16 tail_mask(long left) {
     return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
 }
 
-/* scores[0..n) -> softmax weights, in place (after the soft-cap, when there is one). */
-static void softmax(float *scores, long n, float softcap) {
+/* scores[0..n) -> e^(score - best), in place (after the soft-cap, when there is one), with
+ * *best the largest score and *total the sum of the exponentials. */
+static void exp_scores(float *scores, long n, float softcap, float *best, float *total) {
     if (softcap > 0)
         for (long j = 0; j < n; j++) scores[j] = softcap * tanhf(scores[j] / softcap);
-    __m512 best = _mm512_set1_ps(-INFINITY);
+    __m512 top = _mm512_set1_ps(-INFINITY);
     for (long j = 0; j < n; j += 16)
-        best = _mm512_max_ps(best, _mm512_mask_loadu_ps(best, tail_mask(n - j), scores + j));
-    __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(best));
-    __m512 total = _mm512_setzero_ps();
+        top = _mm512_max_ps(top, _mm512_mask_loadu_ps(top, tail_mask(n - j), scores + j));
+    *best = _mm512_reduce_max_ps(top);
+    top = _mm512_set1_ps(*best);
+    __m512 sum = _mm512_setzero_ps();
     for (long j = 0; j < n; j += 16) {
         __mmask16 m = tail_mask(n - j);
         __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores + j), top));
-        total = _mm512_add_ps(total, _mm512_maskz_mov_ps(m, e));
+        sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(m, e));
         _mm512_mask_storeu_ps(scores + j, m, e);
     }
-    __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(total));
-    for (long j = 0; j < n; j += 16) {
-        __mmask16 m = tail_mask(n - j);
-        _mm512_mask_storeu_ps(scores + j, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, scores + j), inv));
-    }
+    *total = _mm512_reduce_add_ps(sum);
 }
 
 /* Where position p of a sequence keeps its row for the KV head at offset `head`. Block sizes
@@ -128,66 +155,212 @@ static inline const char *kv_row(const char *cache, const int32_t *table, long p
     return cache + (((long)table[block] * block_size + offset) * slot + head) * elem;
 }
 
+/* Scores of positions [first, first + n) for the `group` query heads in qv (fp32, scaled),
+ * their softmax numerators against the part's own maximum (stored in best[g]) and sums
+ * (total[g]), and acc[g] = sum of numerator * v: one part of one (sequence, KV head). */
+static void attend_part(const __m512 *qv, const char *k, const char *v, const int32_t *table,
+                        long first, long n, int block_size, long slot, long head, size_t elem,
+                        int type, int group, int chunks, float softcap, float *scores,
+                        long stride, float *best, float *total, __m512 *acc) {
+    __m512 row[MAX_DIM / 16];
+    for (long j = 0; j < n; j++) {
+        const char *krow = kv_row(k, table, first + j, block_size, slot, head, elem);
+        for (int c = 0; c < chunks; c++) row[c] = load16(krow + (long)c * 16 * elem, type);
+        for (int g = 0; g < group; g++) {
+            const __m512 *qg = qv + g * chunks;
+            __m512 s = _mm512_mul_ps(qg[0], row[0]);
+            for (int c = 1; c < chunks; c++) s = _mm512_fmadd_ps(qg[c], row[c], s);
+            scores[g * stride + j] = _mm512_reduce_add_ps(s);
+        }
+    }
+    for (int g = 0; g < group; g++) exp_scores(scores + g * stride, n, softcap, best + g, total + g);
+    for (int i = 0; i < group * chunks; i++) acc[i] = _mm512_setzero_ps();
+    for (long j = 0; j < n; j++) {
+        const char *vrow = kv_row(v, table, first + j, block_size, slot, head, elem);
+        for (int c = 0; c < chunks; c++) row[c] = load16(vrow + (long)c * 16 * elem, type);
+        for (int g = 0; g < group; g++) {
+            __m512 w = _mm512_set1_ps(scores[g * stride + j]);
+            __m512 *ag = acc + g * chunks;
+            for (int c = 0; c < chunks; c++) ag[c] = _mm512_fmadd_ps(w, row[c], ag[c]);
+        }
+    }
+}
+
 int cortex_paged_decode(const void *q, long q_stride, const void *k, const void *v,
                         const int32_t *tables, const int32_t *lens, void *out, int type,
                         int batch, int heads, int kv_heads, int dim, int block_size, int width,
-                        int window, float scale, float softcap) {
-    if (dim % 16 != 0 || dim > MAX_DIM || kv_heads <= 0 || heads % kv_heads != 0)
+                        int window, float scale, float softcap, int threads) {
+    if (dim % 16 != 0 || dim > MAX_DIM || kv_heads <= 0 || heads % kv_heads != 0 || threads < 1)
         return UNSUPPORTED;
     size_t elem = type == BF16 ? 2 : 4;
     int group = heads / kv_heads, chunks = dim / 16;
-    long slot = (long)kv_heads * dim;
+    long slot = (long)kv_heads * dim, units = (long)batch * kv_heads;
+    /* Each (sequence, KV head) splits its positions into `parts`, so that every thread has
+     * work even at batch 1 (flash-decoding); the parts merge by their softmax maxima. */
+    int parts = units < 4L * threads ? threads : 1;
     long longest = 1;
     for (int b = 0; b < batch; b++)
         if (lens[b] > longest) longest = lens[b];
-    long stride = (longest + 15) & ~15L; /* one row of scores per query head of the group */
-    float *scores = malloc(sizeof(float) * group * stride);
-    /* __m512 arrays must be 64-byte aligned: the compiler uses aligned moves on them. */
-    __m512 *qv = aligned_alloc(64, sizeof(__m512) * group * chunks);
-    __m512 *acc = aligned_alloc(64, sizeof(__m512) * group * chunks);
-    if (!scores || !qv || !acc) {
-        free(scores), free(qv), free(acc);
-        return NO_MEMORY;
-    }
-    __m512 row[MAX_DIM / 16];
-    for (int b = 0; b < batch; b++) {
-        long len = lens[b] < (long)width * block_size ? lens[b] : (long)width * block_size;
-        long first = window > 0 && len > window ? len - window : 0;
-        long n = len - first;
-        const int32_t *table = tables + (long)b * width;
-        for (int kvh = 0; kvh < kv_heads; kvh++) {
+    long stride = ((longest + parts - 1) / parts + 15) & ~15L; /* scores of one head, one part */
+    long items = units * parts, state = (long)group * (2 + dim); /* best, total, acc per head */
+    float *partials = malloc(sizeof(float) * items * state);
+    int failed = !partials;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *scores = malloc(sizeof(float) * group * stride);
+        /* __m512 arrays must be 64-byte aligned: the compiler uses aligned moves on them. */
+        __m512 *qv = aligned_alloc(64, sizeof(__m512) * group * chunks);
+        __m512 *acc = aligned_alloc(64, sizeof(__m512) * group * chunks);
+        failed |= !scores || !qv || !acc;
+#pragma omp for schedule(static)
+        for (long item = 0; item < items; item++) {
+            if (failed || !scores || !qv || !acc) continue;
+            int b = (int)(item / (kv_heads * parts)), kvh = (int)(item / parts % kv_heads);
+            int part = (int)(item % parts);
+            long len = lens[b] < (long)width * block_size ? lens[b] : (long)width * block_size;
+            long first = window > 0 && len > window ? len - window : 0;
+            long per = (len - first + parts - 1) / parts;
+            long lo = first + part * per, hi = lo + per < len ? lo + per : len;
+            float *mine = partials + item * state; /* best[group], total[group], acc[group][dim] */
+            if (lo >= hi) { /* an empty part: weight 0 in the merge */
+                for (int g = 0; g < group; g++) mine[g] = -INFINITY, mine[group + g] = 0;
+                continue;
+            }
             long head = (long)kvh * dim;
             const char *qhead = (const char *)q + (b * q_stride + (long)kvh * group * dim) * elem;
             for (int i = 0; i < group * chunks; i++)
-                qv[i] = _mm512_mul_ps(load16(qhead + (long)i * 16 * elem, type),
-                                      _mm512_set1_ps(scale));
-            for (long j = 0; j < n; j++) {
-                const char *krow = kv_row(k, table, first + j, block_size, slot, head, elem);
-                for (int c = 0; c < chunks; c++) row[c] = load16(krow + (long)c * 16 * elem, type);
-                for (int g = 0; g < group; g++) {
-                    const __m512 *qg = qv + g * chunks;
-                    __m512 s = _mm512_mul_ps(qg[0], row[0]);
-                    for (int c = 1; c < chunks; c++) s = _mm512_fmadd_ps(qg[c], row[c], s);
-                    scores[g * stride + j] = _mm512_reduce_add_ps(s);
-                }
+                qv[i] = _mm512_mul_ps(load16(qhead + (long)i * 16 * elem, type), _mm512_set1_ps(scale));
+            attend_part(qv, k, v, tables + (long)b * width, lo, hi - lo, block_size, slot, head,
+                        elem, type, group, chunks, softcap, scores, stride, mine, mine + group, acc);
+            for (int i = 0; i < group * chunks; i++) _mm512_storeu_ps(mine + 2 * group + i * 16, acc[i]);
+        }
+        free(scores), free(qv), free(acc);
+    }
+    if (failed) {
+        free(partials);
+        return NO_MEMORY;
+    }
+    for (long unit = 0; unit < units; unit++) {
+        int b = (int)(unit / kv_heads), kvh = (int)(unit % kv_heads);
+        for (int g = 0; g < group; g++) {
+            float top = -INFINITY, sum = 0;
+            for (int part = 0; part < parts; part++) {
+                float best = partials[(unit * parts + part) * state + g];
+                if (best > top) top = best;
             }
-            for (int g = 0; g < group; g++) softmax(scores + g * stride, n, softcap);
-            for (int i = 0; i < group * chunks; i++) acc[i] = _mm512_setzero_ps();
-            for (long j = 0; j < n; j++) {
-                const char *vrow = kv_row(v, table, first + j, block_size, slot, head, elem);
-                for (int c = 0; c < chunks; c++) row[c] = load16(vrow + (long)c * 16 * elem, type);
-                for (int g = 0; g < group; g++) {
-                    __m512 w = _mm512_set1_ps(scores[g * stride + j]);
-                    __m512 *ag = acc + g * chunks;
-                    for (int c = 0; c < chunks; c++) ag[c] = _mm512_fmadd_ps(w, row[c], ag[c]);
-                }
+            __m512 acc[MAX_DIM / 16];
+            for (int c = 0; c < chunks; c++) acc[c] = _mm512_setzero_ps();
+            for (int part = 0; part < parts; part++) {
+                const float *mine = partials + (unit * parts + part) * state;
+                if (mine[group + g] == 0) continue;
+                float weight = expf(mine[g] - top);
+                sum += weight * mine[group + g];
+                const float *a = mine + 2 * group + (long)g * dim;
+                for (int c = 0; c < chunks; c++)
+                    acc[c] = _mm512_fmadd_ps(_mm512_set1_ps(weight), _mm512_loadu_ps(a + c * 16), acc[c]);
             }
-            char *ohead = (char *)out + (((long)b * heads + (long)kvh * group) * dim) * elem;
-            for (int i = 0; i < group * chunks; i++)
-                store16(ohead + (long)i * 16 * elem, acc[i], type);
+            char *o = (char *)out + (((long)b * heads + (long)kvh * group + g) * dim) * elem;
+            __m512 inv = _mm512_set1_ps(1.0f / sum);
+            for (int c = 0; c < chunks; c++) store16(o + (long)c * 16 * elem, _mm512_mul_ps(acc[c], inv), type);
         }
     }
-    free(scores), free(qv), free(acc);
+    free(partials);
+    return OK;
+}
+
+int cortex_rms_norm_bf16(const uint16_t *x, const uint16_t *weight, uint16_t *out, long rows,
+                         int dim, float eps);
+
+static inline float round1_bf16(float x) { return _mm512_cvtss_f32(round_bf16(_mm512_set1_ps(x))); }
+
+static inline float load1(const void *p, long i, int type) {
+    return type == BF16 ? bf16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+static inline void store1(void *p, long i, float x, int type) {
+    if (type == BF16)
+        store1_bf16((uint16_t *)p + i, x);
+    else
+        ((float *)p)[i] = x;
+}
+
+/* `heads` rows of `dim` from src to dst (both `type`), the first `rotary` dimensions of each
+ * rotated: x * cos + roll(x, rotary / 2) * sin, cos and sin (signed: [-sin, sin]) of `rotary`
+ * values. Each product and the sum are rounded to the type, as torch's separate bf16 ops
+ * round them, so the result equals rope.apply_rope bit for bit. */
+static void rope_rows(const void *src, void *dst, const void *cos, const void *sin, int heads,
+                      int dim, int rotary, int type) {
+    int half = rotary / 2;
+    for (int h = 0; h < heads; h++) {
+        long row = (long)h * dim;
+        for (int d = 0; d < dim; d++) {
+            float x = load1(src, row + d, type), y = x;
+            if (d < rotary) {
+                float turned = load1(src, row + (d + half) % rotary, type);
+                float a = x * load1(cos, d, type), b = turned * load1(sin, d, type);
+                if (type == BF16) a = round1_bf16(a), b = round1_bf16(b);
+                y = a + b;
+            }
+            store1(dst, row + d, y, type);
+        }
+    }
+}
+
+int cortex_rope_decode(const void *qk, long qk_stride, const void *v, long v_stride,
+                       const void *cos, const void *sin, int rotary, const int64_t *slots,
+                       void *k, void *vc, const int32_t *tables, const int32_t *lens, void *out,
+                       int type, int batch, int heads, int kv_heads, int dim, int block_size,
+                       int width, int window, float scale, float softcap, int threads) {
+    if (rotary % 2 != 0 || rotary > dim) return UNSUPPORTED;
+    size_t elem = type == BF16 ? 2 : 4;
+    long q_size = (long)heads * dim, kv_size = (long)kv_heads * dim;
+    char *q = malloc(elem * batch * q_size);
+    if (!q) return NO_MEMORY;
+    for (int b = 0; b < batch; b++) {
+        const char *row = (const char *)qk + b * qk_stride * elem;
+        const char *c = (const char *)cos + (long)b * rotary * elem;
+        const char *s = (const char *)sin + (long)b * rotary * elem;
+        rope_rows(row, q + b * q_size * elem, c, s, heads, dim, rotary, type);
+        rope_rows(row + q_size * elem, (char *)k + slots[b] * kv_size * elem, c, s, kv_heads, dim,
+                  rotary, type);
+        memcpy((char *)vc + slots[b] * kv_size * elem, (const char *)v + b * v_stride * elem,
+               kv_size * elem);
+    }
+    int status = cortex_paged_decode(q, q_size, k, vc, tables, lens, out, type, batch, heads,
+                                     kv_heads, dim, block_size, width, window, scale, softcap,
+                                     threads);
+    free(q);
+    return status;
+}
+
+/* sum = bf16(residual + x) and out = weight * bf16(sum / rms(sum)) for `rows` contiguous rows
+ * of `dim` (a multiple of 16): the residual add before a norm, and the norm, in one pass. */
+int cortex_add_rms_norm_bf16(const uint16_t *x, const uint16_t *residual, const uint16_t *weight,
+                             uint16_t *sum, uint16_t *out, long rows, int dim, float eps) {
+    if (dim % 16 != 0) return UNSUPPORTED;
+    for (long i = 0; i < rows * dim; i += 16)
+        store16(sum + i, _mm512_add_ps(load16(x + i, BF16), load16(residual + i, BF16)), BF16);
+    return cortex_rms_norm_bf16(sum, weight, out, rows, dim, eps);
+}
+
+/* out[r] = bf16(bf16(silu(gate)) * up) with gate, up the two halves of row r of `gate_up`
+ * (rows `stride` elements apart, `inter` values each, a multiple of 16). silu(g) = g * sigmoid(g),
+ * the sigmoid from e = e^-|g| (1 / (1 + e) for g >= 0, e / (1 + e) below) so that no
+ * exponential overflows. */
+int cortex_silu_mul_bf16(const uint16_t *gate_up, long stride, uint16_t *out, long rows, int inter) {
+    if (inter % 16 != 0) return UNSUPPORTED;
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (long r = 0; r < rows; r++) {
+        const uint16_t *g = gate_up + r * stride, *u = g + inter;
+        for (int i = 0; i < inter; i += 16) {
+            __m512 x = load16(g + i, BF16);
+            __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(x))); /* e^-|x| */
+            /* sigmoid(x): 1 / (1 + e) for x >= 0, e / (1 + e) below */
+            __m512 top = _mm512_mask_mov_ps(one, _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), e);
+            __m512 silu = round_bf16(_mm512_mul_ps(x, _mm512_div_ps(top, _mm512_add_ps(one, e))));
+            store16(out + r * inter + i, _mm512_mul_ps(silu, load16(u + i, BF16)), BF16);
+        }
+    }
     return OK;
 }
 
@@ -213,9 +386,61 @@ int cortex_rms_norm_bf16(const uint16_t *x, const uint16_t *weight, uint16_t *ou
     return OK;
 }
 
+/* out[m, n] = bf16(scales[n] * sum_k x[m, k] * q[n, k]) for `rows` bf16 rows of x (`x_stride`
+ * elements apart) against int8 q [n, k] (contiguous), k a multiple of 16; fp32 accumulation. */
+int cortex_int8_matmul(const uint16_t *x, long x_stride, const int8_t *q, const uint16_t *scales,
+                       uint16_t *out, int rows, long n, int k, int threads) {
+    if (k % 16 != 0 || rows < 1 || rows > MAX_ROWS) return UNSUPPORTED;
+    float *xs = aligned_alloc(64, sizeof(float) * rows * k);
+    if (!xs) return NO_MEMORY;
+    for (int m = 0; m < rows; m++)
+        for (int d = 0; d < k; d += 16)
+            _mm512_store_ps(xs + (long)m * k + d, load16(x + m * x_stride + d, BF16));
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long r = 0; r < n; r++) {
+        const int8_t *qr = q + r * k;
+        /* The rows a few ahead: the hardware prefetcher alone leaves the memory idle between
+         * short rows. */
+        for (int d = 0; d < k; d += 64) _mm_prefetch((const char *)(qr + PREFETCH_ROWS * k + d), _MM_HINT_T0);
+        __m512 acc[MAX_ROWS];
+        for (int m = 0; m < rows; m++) acc[m] = _mm512_setzero_ps();
+        for (int d = 0; d < k; d += 16) {
+            __m512 w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(qr + d))));
+            for (int m = 0; m < rows; m++)
+                acc[m] = _mm512_fmadd_ps(w, _mm512_load_ps(xs + (long)m * k + d), acc[m]);
+        }
+        float scale = bf16_to_f32(scales[r]);
+        for (int m = 0; m < rows; m++) store1_bf16(out + m * n + r, _mm512_reduce_add_ps(acc[m]) * scale);
+    }
+    free(xs);
+    return OK;
+}
+
 #else
 
 int cortex_kernels_ready(void) { return 0; }
+
+int cortex_int8_matmul(const uint16_t *x, long x_stride, const int8_t *q, const uint16_t *scales,
+                       uint16_t *out, int rows, long n, int k, int threads) {
+    return UNSUPPORTED;
+}
+
+int cortex_rope_decode(const void *qk, long qk_stride, const void *v, long v_stride,
+                       const void *cos, const void *sin, int rotary, const int64_t *slots,
+                       void *k, void *vc, const int32_t *tables, const int32_t *lens, void *out,
+                       int type, int batch, int heads, int kv_heads, int dim, int block_size,
+                       int width, int window, float scale, float softcap, int threads) {
+    return UNSUPPORTED;
+}
+
+int cortex_add_rms_norm_bf16(const uint16_t *x, const uint16_t *residual, const uint16_t *weight,
+                             uint16_t *sum, uint16_t *out, long rows, int dim, float eps) {
+    return UNSUPPORTED;
+}
+
+int cortex_silu_mul_bf16(const uint16_t *gate_up, long stride, uint16_t *out, long rows, int inter) {
+    return UNSUPPORTED;
+}
 
 int cortex_rms_norm_bf16(const uint16_t *x, const uint16_t *weight, uint16_t *out, long rows,
                          int dim, float eps) {
@@ -225,7 +450,7 @@ int cortex_rms_norm_bf16(const uint16_t *x, const uint16_t *weight, uint16_t *ou
 int cortex_paged_decode(const void *q, long q_stride, const void *k, const void *v,
                         const int32_t *tables, const int32_t *lens, void *out, int type,
                         int batch, int heads, int kv_heads, int dim, int block_size, int width,
-                        int window, float scale, float softcap) {
+                        int window, float scale, float softcap, int threads) {
     return UNSUPPORTED;
 }
 

@@ -39,8 +39,10 @@ import torch
 log = logging.getLogger("cortex.neuron")
 
 SOURCE = "cpu_kernels.c"  # beside this module
-FLAGS = ["-O3", "-march=native", "-shared", "-fPIC"]
+# No FMA contraction: rope_decode rounds each product as torch does, to equal its bits.
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
 SPEEDUP = 3  # per (sequence, KV head) over SDPA, measured (see the module docstring)
+MAX_ROWS = 8  # rows of x the matmul kernels take: decode batches (as MAX_ROWS in the C file)
 _TYPES = {torch.float32: 0, torch.bfloat16: 1}
 _P, _L, _I, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
 
@@ -87,19 +89,40 @@ def build(cache_dir: Path, compiler: str) -> ctypes.CDLL:
         raise KernelUnavailable(f"cannot load {target.name}: {exc}") from exc
     if not lib.cortex_kernels_ready():
         raise KernelUnavailable("this CPU has no AVX-512")
-    lib.cortex_paged_decode.argtypes = [_P, _L, _P, _P, _P, _P, _P] + [_I] * 8 + [_F, _F]
+    lib.cortex_paged_decode.argtypes = [_P, _L, _P, _P, _P, _P, _P] + [_I] * 8 + [_F, _F, _I]
     lib.cortex_paged_decode.restype = _I
     lib.cortex_rms_norm_bf16.argtypes = [_P, _P, _P, _L, _I, _F]
     lib.cortex_rms_norm_bf16.restype = _I
+    lib.cortex_rope_decode.argtypes = [_P, _L, _P, _L, _P, _P, _I, _P, _P, _P, _P, _P, _P]
+    lib.cortex_rope_decode.argtypes += [_I] * 8 + [_F, _F, _I]
+    lib.cortex_rope_decode.restype = _I
+    lib.cortex_add_rms_norm_bf16.argtypes = [_P, _P, _P, _P, _P, _L, _I, _F]
+    lib.cortex_add_rms_norm_bf16.restype = _I
+    lib.cortex_silu_mul_bf16.argtypes = [_P, _L, _P, _L, _I]
+    lib.cortex_silu_mul_bf16.restype = _I
+    lib.cortex_int8_matmul.argtypes = [_P, _L, _P, _P, _P, _I, _L, _I, _I]
+    lib.cortex_int8_matmul.restype = _I
     return lib
 
 
 def kernel() -> ctypes.CDLL | None:
     """The library built for this host, or None where torch's ops stay
     (`CORTEX_CPU_KERNELS=off`, or it cannot be built: logged once)."""
-    if os.environ.get("CORTEX_CPU_KERNELS") == "off":
+    if setting("CORTEX_CPU_KERNELS") == "off":
         return None
     return _built()
+
+
+@cache
+def setting(name: str) -> str | None:
+    """Environment variable `name` as first read: a kernel call reads the switches, and
+    reading the environment costs more than some of the kernels. `reread_settings` forgets."""
+    return os.environ.get(name)
+
+
+def reread_settings() -> None:
+    """Read the switches again at their next use (tests that change them)."""
+    setting.cache_clear()
 
 
 @cache
@@ -127,7 +150,7 @@ def kernel_for(q: torch.Tensor, k_cache: torch.Tensor) -> ctypes.CDLL | None:
     batch, _, dim = q.shape
     units = batch * k_cache.shape[2]
     if (
-        os.environ.get("CORTEX_ATTENTION") != "sdpa"
+        setting("CORTEX_ATTENTION") != "sdpa"
         and q.dtype in _TYPES
         and k_cache.dtype == q.dtype
         and k_cache.is_contiguous()
@@ -143,9 +166,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor 
     """weight * bf16(x / rms(x)) over the last dim of a bf16 CPU tensor, or None where the
     kernel does not serve it (another dtype or device, a size not a multiple of 16)."""
     dim = x.shape[-1]
-    if x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16 or x.device.type != "cpu":
-        return None
-    if dim % 16 != 0 or (lib := kernel()) is None:
+    if not _bf16_rows(x, dim) or weight.dtype != x.dtype or (lib := kernel()) is None:
         return None
     x = x.contiguous()
     out = torch.empty_like(x)
@@ -153,6 +174,113 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor 
         x.data_ptr(), weight.data_ptr(), out.data_ptr(), x.numel() // dim, dim, eps
     )
     assert status == 0, "rms_norm admits only what the kernel supports"
+    return out
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(rms_norm(residual + x) * weight, residual + x) for bf16 CPU rows, or None where the
+    kernel does not serve them (as `rms_norm`)."""
+    dim = x.shape[-1]
+    if not _bf16_rows(x, dim) or residual.dtype != x.dtype or weight.dtype != x.dtype:
+        return None
+    if (lib := kernel()) is None:
+        return None
+    x, residual = x.contiguous(), residual.contiguous()
+    total, out = torch.empty_like(x), torch.empty_like(x)
+    status = lib.cortex_add_rms_norm_bf16(
+        x.data_ptr(), residual.data_ptr(), weight.data_ptr(), total.data_ptr(), out.data_ptr(),
+        x.numel() // dim, dim, eps,
+    )  # fmt: skip
+    assert status == 0, "add_rms_norm admits only what the kernel supports"
+    return out, total
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor | None:
+    """silu(gate) * up for bf16 CPU rows [T, 2I] holding gate then up, -> [T, I]; or None where
+    the kernel does not serve them."""
+    inter = gate_up.shape[-1] // 2
+    if not _bf16_rows(gate_up, inter) or gate_up.dim() != 2 or gate_up.stride(1) != 1:
+        return None
+    if (lib := kernel()) is None:
+        return None
+    rows = gate_up.shape[0]
+    out = torch.empty(rows, inter, dtype=gate_up.dtype)
+    status = lib.cortex_silu_mul_bf16(
+        gate_up.data_ptr(), gate_up.stride(0), out.data_ptr(), rows, inter
+    )
+    assert status == 0, "silu_mul admits only what the kernel supports"
+    return out
+
+
+def _bf16_rows(x: torch.Tensor, size: int) -> bool:
+    """Whether x is a bf16 CPU tensor whose rows the kernels take (`size` a multiple of 16)."""
+    return x.dtype == torch.bfloat16 and x.device.type == "cpu" and size % 16 == 0
+
+
+def int8_matmul(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor | None:
+    """x [M, K] @ (q * scales[:, None]).T -> [M, N] for bf16 x and scales and int8 q [N, K] on
+    the CPU, or None where the kernel does not serve it (another dtype, more than MAX_ROWS rows,
+    K not a multiple of 16)."""
+    rows, k = x.shape
+    if x.dtype != torch.bfloat16 or scales.dtype != torch.bfloat16 or x.device.type != "cpu":
+        return None
+    if rows > MAX_ROWS or k % 16 or x.stride(1) != 1 or (lib := kernel()) is None:
+        return None
+    n = q.shape[0]
+    out = torch.empty(rows, n, dtype=x.dtype)
+    status = lib.cortex_int8_matmul(
+        x.data_ptr(), x.stride(0), q.data_ptr(), scales.data_ptr(), out.data_ptr(), rows, n, k,
+        torch.get_num_threads(),
+    )  # fmt: skip
+    if status == -1:
+        raise MemoryError("the CPU int8 matmul could not allocate its scratch memory")
+    assert status == 0, "int8_matmul admits only what the kernel supports"
+    return out
+
+
+def rope_decode(
+    qk: torch.Tensor,
+    v: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slots: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    window: int | None,
+    scale: float | None,
+    softcap: float | None,
+) -> torch.Tensor | None:
+    """A decode step's attention from its projections: RoPE on q and k, k and v stored at
+    `slots` (int64), then `paged_decode` over the block tables. qk [B, H + KVH, D] (q heads, then k heads) and v
+    [B, KVH, D] may be row views of the fused projection; cos and signed sin [B, 1, R] as
+    `Rotary.cos_sin` gives them. -> out [B, H, D]; None where `kernel_for` gives no library."""
+    if qk.device.type != "cpu" or (lib := kernel_for(qk, k_cache)) is None:
+        return None
+    batch, _, dim = qk.shape
+    kv_heads = k_cache.shape[2]
+    heads = qk.shape[1] - kv_heads
+    if qk.stride(2) != 1 or qk.stride(1) != dim:
+        qk = qk.contiguous()
+    if v.stride(2) != 1 or v.stride(1) != dim:
+        v = v.contiguous()
+    cos, sin = cos.contiguous(), sin.contiguous()
+    tables, lens = _int32(block_tables), _int32(context_lens)
+    out = torch.empty(batch, heads, dim, dtype=qk.dtype)
+    status = lib.cortex_rope_decode(
+        qk.data_ptr(), qk.stride(0), v.data_ptr(), v.stride(0), cos.data_ptr(), sin.data_ptr(),
+        cos.shape[-1], slots.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+        tables.data_ptr(), lens.data_ptr(), out.data_ptr(), _TYPES[qk.dtype],
+        batch, heads, kv_heads, dim, k_cache.shape[1], tables.shape[1],
+        window or 0, dim**-0.5 if scale is None else scale, softcap or 0.0,
+        torch.get_num_threads(),
+    )  # fmt: skip
+    if status == -1:
+        raise MemoryError("CPU decode attention could not allocate its scratch memory")
+    assert status == 0, "kernel_for() admits only what the kernel supports"
     return out
 
 
@@ -171,19 +299,26 @@ def paged_decode(
     batch, heads, dim = q.shape
     if q.stride(2) != 1 or q.stride(1) != dim:
         q = q.contiguous()
-    tables = block_tables.to(torch.int32).contiguous()
-    lens = context_lens.to(torch.int32).contiguous()
+    tables, lens = _int32(block_tables), _int32(context_lens)
     out = torch.empty(batch, heads, dim, dtype=q.dtype)
     status = lib.cortex_paged_decode(
         q.data_ptr(), q.stride(0), k_cache.data_ptr(), v_cache.data_ptr(),
         tables.data_ptr(), lens.data_ptr(), out.data_ptr(), _TYPES[q.dtype],
         batch, heads, k_cache.shape[2], dim, k_cache.shape[1], tables.shape[1],
         window or 0, dim**-0.5 if scale is None else scale, softcap or 0.0,
+        torch.get_num_threads(),
     )  # fmt: skip
     if status == -1:
         raise MemoryError("CPU decode attention could not allocate its scratch memory")
     assert status == 0, "kernel_for() admits only what the kernel supports"
     return out
+
+
+def _int32(x: torch.Tensor) -> torch.Tensor:
+    """x as contiguous int32 (the engine's tables and lengths already are: no copy)."""
+    if x.dtype != torch.int32:
+        x = x.to(torch.int32)
+    return x if x.is_contiguous() else x.contiguous()
 
 
 def _cpu_flags() -> str:

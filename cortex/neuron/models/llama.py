@@ -72,6 +72,14 @@ class RMSNorm(nn.Module):
             return out
         return self.weight * rms_normalize(x, self.eps)
 
+    def add(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(residual + x), residual + x): a residual add and the norm after it, one C
+        call on the CPU in bf16."""
+        if (fused := cpu_kernels.add_rms_norm(x, residual, self.weight, self.eps)) is not None:
+            return fused
+        total = residual + x
+        return self(total), total
+
 
 class Attention(nn.Module):
     """Self-attention with fused QKV, optional q/k norm, RoPE and the paged KV cache.
@@ -112,6 +120,14 @@ class Attention(nn.Module):
         v = v.view(tokens, self.num_kv_heads, self.head_dim)  # [T, KVH, D]
         if self.qk_norm:
             qk = torch.cat((self.q_norm(qk[:, :heads]), self.k_norm(qk[:, heads:])), dim=1)
+        if attn.is_decode and self.k_cache is not None:
+            # On the CPU, RoPE, the cache store and attention as one C call, where it serves.
+            out = cpu_kernels.rope_decode(
+                qk, v, cos, sin, self.k_cache, self.v_cache, attn.slot_mapping,
+                attn.block_tables, attn.context_lens, self.window, self.scale, self.softcap,
+            )  # fmt: skip
+            if out is not None:
+                return self.o_proj(out.view(tokens, self.q_size))
         # q and k rotate together: one set of kernels instead of two.
         q, k = apply_rope(qk, cos, sin).split([heads, self.num_kv_heads], dim=1)
         if self.k_cache is not None:
@@ -141,7 +157,10 @@ class MLP(nn.Module):
         self.act = ACTIVATIONS[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)  # [T, I] each
+        gate_up = self.gate_up_proj(x)  # [T, 2I]
+        if self.act is F.silu and (h := cpu_kernels.silu_mul(gate_up)) is not None:
+            return self.down_proj(h)
+        gate, up = gate_up.split(self.intermediate, dim=-1)  # [T, I] each
         return self.down_proj(self.act(gate) * up)
 
 
@@ -158,8 +177,9 @@ class DecoderLayer(nn.Module):
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: AttentionMetadata
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        h = self.self_attn(self.input_layernorm(x), cos, sin, attn)
+        h, x = self.post_attention_layernorm.add(h, x)  # x + h, and its norm
+        return x + self.mlp(h)
 
 
 class LlamaModel(nn.Module):

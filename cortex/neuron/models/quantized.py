@@ -8,8 +8,9 @@ nn.Embedding's), so the decoder does not know it is there.
   scale and zero in the compute dtype: `_weight_int4pack_mm_for_cpu` on CPU, tinygemm's
   `_weight_int4pack_mm` on CUDA (bf16 only). GGUF's Q4_0, Q4_1 and Q4_K blocks are such groups,
   so they load without requantizing (up to the rounding of scale and zero to the dtype).
-- `Int8Linear`: int8 rows with one scale per output channel: `_weight_int8pack_mm` on CPU, an
-  int8 -> dtype cast inside the matmul elsewhere. Q8_0, Q5_* and Q6_K (no 5-, 6- or group-scaled
+- `Int8Linear`: int8 rows with one scale per output channel: on CPU the C kernel of
+  cpu_kernels.py for a decode step's few bf16 rows (twice torch's speed on the lm_head), else
+  `_weight_int8pack_mm`; an int8 -> dtype cast inside the matmul elsewhere. Q8_0, Q5_* and Q6_K (no 5-, 6- or group-scaled
   8-bit kernel exists in torch) are requantized to it from their exact values: the error is at
   most half a step of the row's scale (max |w| / 254).
 - `BlockEmbedding`: a GGUF embedding table kept in its ggml blocks; a lookup dequantizes only the
@@ -36,6 +37,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from torch import nn
 
 from cortex.errors import ModelLoadFailed
+from cortex.neuron.models import cpu_kernels
 from cortex.neuron.models.dequant import INT4_TYPES, BlockTensor, dequantize_blocks, int4_groups
 
 Scheme = Literal["int8", "int4"]
@@ -162,7 +164,9 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).to(self.scales.dtype)  # [T, K]
         if flat.device.type == "cpu":
-            out = torch.ops.aten._weight_int8pack_mm(flat, self.q, self.scales)  # [T, N]
+            out = cpu_kernels.int8_matmul(flat, self.q, self.scales)  # [T, N]
+            if out is None:
+                out = torch.ops.aten._weight_int8pack_mm(flat, self.q, self.scales)
         else:
             out = F.linear(flat, self.q.to(flat.dtype)) * self.scales
         if self.bias is not None:
