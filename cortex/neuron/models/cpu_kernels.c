@@ -30,6 +30,17 @@
  *
  * cortex_silu_mul_bf16: bf16(bf16(silu(gate)) * up) over a fused gate/up projection's rows.
  *
+ * cortex_int4_matmul: out = x @ W.T for a few rows of x (fp32 or bf16) against an int4 weight
+ * in groups of 32 along k, w = q * scale + min (Int4Linear's CPU layout: per row, each group's
+ * 32 values as 16 bytes, byte j holding value j in its low nibble and value j + 16 in its high
+ * one; scales and mins fp16 [n, k / 32]). x is quantized to int8 per group of 32 (scale
+ * max|x| / 127, as llama.cpp's Q8 activations), so that the products are AVX512-VNNI byte dot
+ * products: the weight streams at the memory's speed over `threads` threads. Hosts without VNNI
+ * build it as a stub that says UNSUPPORTED (cortex_kernels_ready tells which).
+ *
+ * cortex_int4_dequantize: the same weight as `type` values [n, k] (prefill multiplies it with
+ * torch's dense matmul), w = q * scale + min in fp32, rounded once.
+ *
  * cortex_int8_matmul: out = x @ (q * scales).T for a few bf16 rows of x against an int8 weight
  * with one bf16 scale per output row (Int8Linear: the quantized lm_head). Memory-bound: the
  * weight streams once at the memory's speed, its rows split over `threads` OpenMP threads
@@ -49,11 +60,19 @@ enum { OK = 0, NO_MEMORY = -1, UNSUPPORTED = -2 };
 #define MAX_DIM 256
 #define MAX_ROWS 8      /* rows of x a matmul kernel takes (decode batches) */
 #define PREFETCH_ROWS 4 /* weight rows read ahead */
+#define GROUP 32        /* int4 weights: values per scale and min */
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
-int cortex_kernels_ready(void) { return 1; }
+/* 1: the kernels; 3: the int4 matmul too (AVX512-VNNI). */
+int cortex_kernels_ready(void) {
+#if defined(__AVX512VNNI__)
+    return 3;
+#else
+    return 1;
+#endif
+}
 
 /* 16 elements at p, widened to fp32 (bf16 is the top half of an fp32). */
 static inline __m512 load16(const void *p, int type) {
@@ -416,9 +435,151 @@ int cortex_int8_matmul(const uint16_t *x, long x_stride, const int8_t *q, const 
     return OK;
 }
 
+/* The int4 weight's group scales and mins: fp16 in memory, fp32 to compute. */
+static inline __m512 load16_f16(const uint16_t *p, __mmask16 m) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+
+int cortex_int4_dequantize(const uint8_t *packed, const uint16_t *scales, const uint16_t *mins,
+                           void *out, long n, int k, int type, int threads) {
+    if (k % GROUP != 0) return UNSUPPORTED;
+    int groups = k / GROUP;
+    size_t elem = type == BF16 ? 2 : 4;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long r = 0; r < n; r++) {
+        char *o = (char *)out + r * k * elem;
+        for (int g = 0; g < groups; g++) {
+            const uint8_t *bytes = packed + (r * groups + g) * (GROUP / 2);
+            __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)bytes));
+            __m512 scale = _mm512_set1_ps(_mm512_cvtss_f32(load16_f16(scales + r * groups + g, 1)));
+            __m512 min = _mm512_set1_ps(_mm512_cvtss_f32(load16_f16(mins + r * groups + g, 1)));
+            __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(q, _mm512_set1_epi32(15)));
+            __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(q, 4));
+            store16(o + (long)g * GROUP * elem, _mm512_add_ps(_mm512_mul_ps(lo, scale), min), type);
+            store16(o + ((long)g * GROUP + 16) * elem, _mm512_add_ps(_mm512_mul_ps(hi, scale), min), type);
+        }
+    }
+    return OK;
+}
+
+#if defined(__AVX512VNNI__)
+/* x's rows quantized per group of 32: the low and high halves of each group as int8 (in the
+ * weight's nibble order), each group's scale, and its sum (of the quantized values, scaled). */
+typedef struct {
+    int8_t *low, *high;
+    float *scale, *sum;
+} quantized_rows;
+
+static void quantize_rows(const void *x, long x_stride, int type, int rows, int k,
+                          quantized_rows *qx) {
+    int groups = k / GROUP, padded = (groups + 15) & ~15;
+    size_t elem = type == BF16 ? 2 : 4;
+    for (int m = 0; m < rows; m++) {
+        const char *row = (const char *)x + m * x_stride * elem;
+        for (int g = 0; g < padded; g++) {
+            long at = (long)m * padded + g;
+            if (g >= groups) { /* padding up to whole vectors of group scales: weight 0 */
+                qx->scale[at] = qx->sum[at] = 0;
+                continue;
+            }
+            __m512 lo = load16(row + (long)g * GROUP * elem, type);
+            __m512 hi = load16(row + ((long)g * GROUP + 16) * elem, type);
+            float top = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+            __m512 inv = _mm512_set1_ps(top > 0 ? 127.0f / top : 0.0f);
+            __m512i qlo = _mm512_cvtps_epi32(_mm512_mul_ps(lo, inv)); /* to nearest even */
+            __m512i qhi = _mm512_cvtps_epi32(_mm512_mul_ps(hi, inv));
+            _mm_storeu_si128((__m128i *)(qx->low + at * 16), _mm512_cvtepi32_epi8(qlo));
+            _mm_storeu_si128((__m128i *)(qx->high + at * 16), _mm512_cvtepi32_epi8(qhi));
+            qx->scale[at] = top / 127.0f;
+            qx->sum[at] = qx->scale[at] * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi));
+        }
+    }
+}
+
+int cortex_int4_matmul(const void *x, long x_stride, int type, const uint8_t *packed,
+                       const uint16_t *scales, const uint16_t *mins, void *out, int rows, long n,
+                       int k, int threads) {
+    if (k % GROUP != 0 || rows < 1 || rows > MAX_ROWS) return UNSUPPORTED;
+    int groups = k / GROUP, padded = (groups + 15) & ~15;
+    quantized_rows qx;
+    qx.low = aligned_alloc(64, (size_t)rows * padded * 16);
+    qx.high = aligned_alloc(64, (size_t)rows * padded * 16);
+    qx.scale = aligned_alloc(64, sizeof(float) * rows * padded);
+    qx.sum = aligned_alloc(64, sizeof(float) * rows * padded);
+    if (!qx.low || !qx.high || !qx.scale || !qx.sum) {
+        free(qx.low), free(qx.high), free(qx.scale), free(qx.sum);
+        return NO_MEMORY;
+    }
+    quantize_rows(x, x_stride, type, rows, k, &qx);
+    /* A 64-byte load holds four groups: lanes 4i..4i+3 of a byte dot product sum group i. */
+    __m512i spread[4];
+    for (int b = 0; b < 4; b++)
+        spread[b] = _mm512_set_epi32(4 * b + 3, 4 * b + 3, 4 * b + 3, 4 * b + 3, 4 * b + 2,
+                                     4 * b + 2, 4 * b + 2, 4 * b + 2, 4 * b + 1, 4 * b + 1,
+                                     4 * b + 1, 4 * b + 1, 4 * b, 4 * b, 4 * b, 4 * b);
+    const __m512i nibble = _mm512_set1_epi8(15);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long r = 0; r < n; r++) {
+        const uint8_t *row = packed + r * groups * (GROUP / 2);
+        for (int d = 0; d < k / 2; d += 64)
+            _mm_prefetch((const char *)(row + PREFETCH_ROWS * (k / 2) + d), _MM_HINT_T0);
+        const uint16_t *rs = scales + r * groups, *rm = mins + r * groups;
+        __m512 acc[MAX_ROWS], offset[MAX_ROWS];
+        for (int m = 0; m < rows; m++) acc[m] = offset[m] = _mm512_setzero_ps();
+        for (int g0 = 0; g0 < groups; g0 += 16) { /* 16 groups: one vector of their scales */
+            int left = groups - g0 < 16 ? groups - g0 : 16;
+            __mmask16 gm = (__mmask16)((1u << left) - 1);
+            __m512 ws = load16_f16(rs + g0, gm), wm = load16_f16(rm + g0, gm);
+            __m512 both[MAX_ROWS]; /* weight scale x activation scale, per group */
+            for (int m = 0; m < rows; m++) {
+                both[m] = _mm512_mul_ps(ws, _mm512_load_ps(qx.scale + m * padded + g0));
+                offset[m] = _mm512_fmadd_ps(wm, _mm512_load_ps(qx.sum + m * padded + g0), offset[m]);
+            }
+            for (int b = 0; 4 * b < left; b++) {
+                int in = left - 4 * b < 4 ? left - 4 * b : 4;
+                __mmask64 bm = in == 4 ? ~0ULL : (1ULL << (16 * in)) - 1;
+                long at = (long)(g0 + 4 * b) * 16;
+                __m512i w = _mm512_maskz_loadu_epi8(bm, row + at);
+                __m512i wlo = _mm512_and_si512(w, nibble);
+                __m512i whi = _mm512_and_si512(_mm512_srli_epi16(w, 4), nibble);
+                for (int m = 0; m < rows; m++) {
+                    long xm = (long)m * padded * 16 + at;
+                    __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wlo,
+                                                      _mm512_maskz_loadu_epi8(bm, qx.low + xm));
+                    dot = _mm512_dpbusd_epi32(dot, whi, _mm512_maskz_loadu_epi8(bm, qx.high + xm));
+                    acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot),
+                                             _mm512_permutexvar_ps(spread[b], both[m]), acc[m]);
+                }
+            }
+        }
+        for (int m = 0; m < rows; m++)
+            store1((char *)out, m * n + r, _mm512_reduce_add_ps(_mm512_add_ps(acc[m], offset[m])), type);
+    }
+    free(qx.low), free(qx.high), free(qx.scale), free(qx.sum);
+    return OK;
+}
+#else
+int cortex_int4_matmul(const void *x, long x_stride, int type, const uint8_t *packed,
+                       const uint16_t *scales, const uint16_t *mins, void *out, int rows, long n,
+                       int k, int threads) {
+    return UNSUPPORTED;
+}
+#endif
+
 #else
 
 int cortex_kernels_ready(void) { return 0; }
+
+int cortex_int4_dequantize(const uint8_t *packed, const uint16_t *scales, const uint16_t *mins,
+                           void *out, long n, int k, int type, int threads) {
+    return UNSUPPORTED;
+}
+
+int cortex_int4_matmul(const void *x, long x_stride, int type, const uint8_t *packed,
+                       const uint16_t *scales, const uint16_t *mins, void *out, int rows, long n,
+                       int k, int threads) {
+    return UNSUPPORTED;
+}
 
 int cortex_int8_matmul(const uint16_t *x, long x_stride, const int8_t *q, const uint16_t *scales,
                        uint16_t *out, int rows, long n, int k, int threads) {

@@ -89,6 +89,10 @@ def build(cache_dir: Path, compiler: str) -> ctypes.CDLL:
         raise KernelUnavailable(f"cannot load {target.name}: {exc}") from exc
     if not lib.cortex_kernels_ready():
         raise KernelUnavailable("this CPU has no AVX-512")
+    lib.cortex_int4_matmul.argtypes = [_P, _L, _I, _P, _P, _P, _P, _I, _L, _I, _I]
+    lib.cortex_int4_matmul.restype = _I
+    lib.cortex_int4_dequantize.argtypes = [_P, _P, _P, _P, _L, _I, _I, _I]
+    lib.cortex_int4_dequantize.restype = _I
     lib.cortex_paged_decode.argtypes = [_P, _L, _P, _P, _P, _P, _P] + [_I] * 8 + [_F, _F, _I]
     lib.cortex_paged_decode.restype = _I
     lib.cortex_rms_norm_bf16.argtypes = [_P, _P, _P, _L, _I, _F]
@@ -217,6 +221,55 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor | None:
 def _bf16_rows(x: torch.Tensor, size: int) -> bool:
     """Whether x is a bf16 CPU tensor whose rows the kernels take (`size` a multiple of 16)."""
     return x.dtype == torch.bfloat16 and x.device.type == "cpu" and size % 16 == 0
+
+
+def int4_ready() -> bool:
+    """Whether the int4 matmul is built here (it needs AVX512-VNNI): Int4Linear then keeps its
+    weight in the layout the kernel reads."""
+    return (lib := kernel()) is not None and _has_vnni(lib)
+
+
+@cache
+def _has_vnni(lib: ctypes.CDLL) -> bool:
+    return bool(lib.cortex_kernels_ready() & 2)
+
+
+def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales_and_mins: torch.Tensor):
+    """x [M, K] (fp32 or bf16, M <= MAX_ROWS) @ W.T -> [M, N] in x's dtype, W int4 in
+    Int4Linear's CPU layout (`packed` [N, K / 2], `scales_and_mins` fp16 [2, N, K / 32]); x is
+    quantized to int8 per group of 32 on the way. None where the kernel does not serve it."""
+    rows, k = x.shape
+    if x.dtype not in _TYPES or rows > MAX_ROWS or x.stride(1) != 1 or not int4_ready():
+        return None
+    n = packed.shape[0]
+    out = torch.empty(rows, n, dtype=x.dtype)
+    scales, mins = scales_and_mins
+    status = kernel().cortex_int4_matmul(  # type: ignore[union-attr]
+        x.data_ptr(), x.stride(0), _TYPES[x.dtype], packed.data_ptr(), scales.data_ptr(),
+        mins.data_ptr(), out.data_ptr(), rows, n, k, torch.get_num_threads(),
+    )  # fmt: skip
+    if status == -1:
+        raise MemoryError("the CPU int4 matmul could not allocate its scratch memory")
+    assert status == 0, "int4_matmul admits only what the kernel supports"
+    return out
+
+
+def int4_dequantize(
+    packed: torch.Tensor, scales_and_mins: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """The int4 weight of Int4Linear's CPU layout as `dtype` values [N, K], or None where the
+    kernels are off (the caller dequantizes with torch's ops)."""
+    if dtype not in _TYPES or (lib := kernel()) is None:
+        return None
+    n, k = packed.shape[0], packed.shape[1] * 2
+    out = torch.empty(n, k, dtype=dtype)
+    scales, mins = scales_and_mins
+    status = lib.cortex_int4_dequantize(
+        packed.data_ptr(), scales.data_ptr(), mins.data_ptr(), out.data_ptr(), n, k,
+        _TYPES[dtype], torch.get_num_threads(),
+    )  # fmt: skip
+    assert status == 0, "int4_dequantize admits only what the kernel supports"
+    return out
 
 
 def int8_matmul(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor | None:

@@ -50,17 +50,46 @@ PartKind = tuple[GGMLQuantizationType | None, int]
 
 
 class Int4Linear(nn.Module):
-    """y = x @ W.T (+ b), W held as packed int4 groups. Build with `from_groups`."""
+    """y = x @ W.T (+ b), W held as int4 groups of GROUP along the input dim. Build with
+    `from_groups` (or `quantize`). Two layouts, chosen at build:
+
+    - cortex's, on a CPU whose C kernels have the int4 matmul (`cpu_kernels.int4_ready`):
+      `packed` [N, K / 2] uint8, each group's 32 values as 16 bytes (byte j holds value j in its
+      low nibble, value j + 16 in its high one), and `scales_and_mins` fp16 [2, N, K / GROUP]:
+      w = q * scale + min. A decode step's rows go through `cpu_kernels.int4_matmul`, which
+      quantizes them to int8 per group (as llama.cpp does); more rows (a prefill) through
+      torch's dense matmul of the dequantized weight, faster there than torch's int4 kernel.
+      fp16 holds GGUF's Q4_0 and Q4_1 scales and minima exactly.
+    - torch's, elsewhere: `packed` as `_convert_weight_to_int4pack(_for_cpu)` lays it out and
+      `scales_and_zeros` [K / GROUP, N, 2] in the compute dtype, w = (q - 8) * scale + zero.
+    """
 
     def __init__(
-        self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, bias: torch.Tensor | None
+        self,
+        packed: torch.Tensor,
+        scales: torch.Tensor,
+        bias: torch.Tensor | None,
+        dtype: torch.dtype,
+        cortex: bool,
     ) -> None:
         super().__init__()
+        self.cortex = cortex  # the layout: cortex's (True) or torch's
+        self.dtype = dtype  # of the inputs and outputs
         self.register_buffer("packed", packed)
-        self.register_buffer("scales_and_zeros", scales_and_zeros)  # [K / GROUP, N, 2]
+        self.register_buffer("scales_and_mins" if cortex else "scales_and_zeros", scales)
         self.register_buffer("bias", bias)
-        self.in_features = scales_and_zeros.shape[0] * GROUP
-        self.out_features = scales_and_zeros.shape[1]
+        if cortex:
+            self.out_features, self.in_features = packed.shape[0], packed.shape[1] * 2
+        else:
+            self.in_features = scales.shape[0] * GROUP
+            self.out_features = scales.shape[1]
+
+    @staticmethod
+    def cortex_layout(device: torch.device, dtype: torch.dtype) -> bool:
+        """Whether a layer on `device` computing in `dtype` is built in cortex's layout."""
+        return device.type == "cpu" and dtype in (torch.bfloat16, torch.float32) and (
+            cpu_kernels.int4_ready()
+        )
 
     @staticmethod
     def fits(shape: tuple[int, int], device: torch.device, dtype: torch.dtype) -> bool:
@@ -69,9 +98,14 @@ class Int4Linear(nn.Module):
         if k % GROUP:
             return False
         if device.type == "cpu":
-            return n % 16 == 0
+            return Int4Linear.cortex_layout(device, dtype) or n % 16 == 0
         # tinygemm: bf16 only, K a multiple of 16 x its inner tiles (at least 2), N of 8.
         return device.type == "cuda" and dtype == torch.bfloat16 and n % 8 == 0 and k % 32 == 0
+
+    @staticmethod
+    def scale_bytes(device: torch.device, dtype: torch.dtype) -> int:
+        """Bytes of one group's scale (and of its zero or min) in the layout built here."""
+        return 2 if Int4Linear.cortex_layout(device, dtype) else dtype.itemsize
 
     @classmethod
     def from_groups(
@@ -83,6 +117,14 @@ class Int4Linear(nn.Module):
         dtype: torch.dtype,
     ) -> Int4Linear:
         """q [N, K] in 0..15, scale and zero [N, K / GROUP]: `w = (q - 8) * scale + zero`."""
+        if cls.cortex_layout(q.device, dtype):
+            mins = zero.float() - 8 * scale.float()
+            scales_and_mins = torch.stack((scale.float(), mins)).half()  # [2, N, K / GROUP]
+            if scales_and_mins.isfinite().all():  # else beyond fp16: torch's layout below
+                n, k = q.shape
+                halves = q.to(torch.uint8).view(n, k // GROUP, 2, GROUP // 2)
+                packed = halves[:, :, 0] | halves[:, :, 1] << 4  # [N, K / GROUP, 16]
+                return cls(packed.reshape(n, k // 2), scales_and_mins, bias, dtype, cortex=True)
         if q.device.type == "cpu":
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
         else:
@@ -90,7 +132,8 @@ class Int4Linear(nn.Module):
             tiles = next(t for t in (8, 4, 2) if q.shape[1] % (16 * t) == 0)
             packed = torch.ops.aten._convert_weight_to_int4pack(pairs, tiles)
         scales_and_zeros = torch.stack((scale, zero), dim=-1).transpose(0, 1)  # [K / GROUP, N, 2]
-        return cls(packed, scales_and_zeros.to(dtype).contiguous(), bias)
+        scales_and_zeros = scales_and_zeros.to(dtype).contiguous()
+        return cls(packed, scales_and_zeros, bias, dtype, cortex=False)
 
     @classmethod
     def quantize(cls, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
@@ -104,27 +147,46 @@ class Int4Linear(nn.Module):
 
     def can_read_rows(self) -> bool:
         """Whether `rows` works (see `rows_readable`)."""
-        return self.rows_readable(self.packed.device, (self.out_features, self.in_features))
+        if self.cortex:
+            return True
+        shape = (self.out_features, self.in_features)
+        return self.rows_readable(self.packed.device, shape, self.dtype)
 
     @staticmethod
-    def rows_readable(device: torch.device, shape: tuple[int, int]) -> bool:
-        """Whether rows of a [N, K] weight packed on `device` can be read back: on CPU, where
-        the packed layout is found (`_int4_row_map`) and N is whole blocks of it (a partial
-        last block may be laid out otherwise)."""
+    def rows_readable(device: torch.device, shape: tuple[int, int], dtype: torch.dtype) -> bool:
+        """Whether rows of a [N, K] weight packed on `device` (computing in `dtype`) can be
+        read back: always in cortex's layout; in torch's, on CPU, where the packed layout is
+        found (`_int4_row_map`) and N is whole blocks of it (a partial last block may be laid
+        out otherwise)."""
+        if Int4Linear.cortex_layout(device, dtype):
+            return True
         if device.type != "cpu" or (found := _int4_row_map(shape[1])) is None:
             return False
         return shape[0] % found[0] == 0
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows `ids` [T] of the weight, dequantized: [T, K] (a tied embedding's lookup)."""
-        block, where = _int4_row_map(self.in_features)  # type: ignore[misc]
         k = self.in_features
+        if self.cortex:
+            return self._cortex_rows(self.packed[ids], self.scales_and_mins[:, ids])  # [T, K]
+        block, where = _int4_row_map(k)  # type: ignore[misc]
         pos = (ids // block)[:, None] * (block * k) + where[ids % block]  # [T, K] nibble index
         q = (self.packed.view(-1)[pos // 2] >> (pos % 2 * 4)) & 15  # [T, K]
         scale, zero = self.scales_and_zeros[:, ids].float().repeat_interleave(GROUP, 0).unbind(-1)
         return ((q - 8) * scale.T + zero.T).to(self.scales_and_zeros.dtype)  # [T, K]
 
+    def _cortex_rows(self, packed: torch.Tensor, scales_and_mins: torch.Tensor) -> torch.Tensor:
+        """Rows of cortex's layout (packed [T, K / 2], scales_and_mins [2, T, K / GROUP]) as
+        values [T, K]: w = q * scale + min in fp32, rounded to the layer's dtype."""
+        rows = packed.shape[0]
+        groups = packed.view(rows, -1, GROUP // 2)  # [T, K / GROUP, 16]
+        q = torch.cat((groups & 15, groups >> 4), dim=-1).float()  # [T, K / GROUP, GROUP]
+        scale, low = scales_and_mins.float()[..., None]  # [T, K / GROUP, 1] each
+        return (q * scale + low).view(rows, -1).to(self.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cortex:
+            return self._cortex_forward(x)
         flat = x.reshape(-1, self.in_features).to(self.scales_and_zeros.dtype)  # [T, K]
         if flat.device.type == "cpu":
             mm = torch.ops.aten._weight_int4pack_mm_for_cpu
@@ -134,6 +196,18 @@ class Int4Linear(nn.Module):
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
+
+    def _cortex_forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).to(self.dtype)  # [T, K]
+        out = cpu_kernels.int4_matmul(flat, self.packed, self.scales_and_mins)
+        if out is None:  # a prefill: one dense matmul of the dequantized weight
+            weight = cpu_kernels.int4_dequantize(self.packed, self.scales_and_mins, self.dtype)
+            if weight is None:  # the kernels were switched off after the load
+                weight = self._cortex_rows(self.packed, self.scales_and_mins)
+            out = F.linear(flat, weight)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.view(*x.shape[:-1], self.out_features)
 
 
 class Int8Linear(nn.Module):
@@ -295,7 +369,7 @@ class Pending(nn.Module):
             block, type_size = GGML_QUANT_SIZES[parts[0][0]]
             return n * k // block * type_size
         if plan == "int4":
-            return n * k // 2 + k // GROUP * n * 2 * size
+            return n * k // 2 + k // GROUP * n * 2 * Int4Linear.scale_bytes(device, dtype)
         if plan == "int8":
             return n * k + n * size
         return n * k * size
@@ -429,7 +503,8 @@ def planned_bytes(
     head, table = model.lm_head, model.model.embed_tokens
     if model.config.tie_word_embeddings and isinstance(head, Pending):
         plan = head.plan(parts[id(head)][1], device, dtype)
-        if plan == "int8" or (plan == "int4" and Int4Linear.rows_readable(device, head.shape)):
+        readable = Int4Linear.rows_readable(device, head.shape, dtype)
+        if plan == "int8" or (plan == "int4" and readable):
             # The embedding will read the head's rows (`RowsOf`): its own table goes.
             total -= sizes[id(table)] if id(table) in sizes else resident_bytes(table)
     return total
