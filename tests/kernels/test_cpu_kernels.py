@@ -131,15 +131,17 @@ def test_unserved_shapes_and_sdpa_setting_stay_on_torch(monkeypatch: pytest.Monk
     assert cpu_kernels.kernel_for(q, k_cache) is None
 
 
-def test_large_batches_on_many_threads_stay_on_torch(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One thread against SDPA on many: the kernel takes small batches only there."""
+@needs_kernel
+def test_large_batches_on_many_threads_take_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel spreads its work over torch's threads as SDPA does: any batch is its."""
     monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
-    small = Shape([30], [1], 9, 3, 64, 16)
-    q, k_cache, _, _ = case(small, torch.float32)
+    big = Shape([30] * 16, [1] * 16, 9, 3, 64, 16)
+    q, k_cache, v_cache, attn = case(big, torch.float32)
     assert cpu_kernels.kernel_for(q, k_cache) is LIB
-    big = Shape([30] * 4, [1] * 4, 9, 3, 64, 16)
-    q, k_cache, _, _ = case(big, torch.float32)
-    assert cpu_kernels.kernel_for(q, k_cache) is None
+    out = attention.decode_attention(q, k_cache, v_cache, attn, None, None, None)
+    torch.testing.assert_close(
+        out, reference(q, k_cache, v_cache, attn, (None, None, None)), atol=1e-5, rtol=0
+    )
 
 
 def test_build_without_a_compiler_is_reported(tmp_path: Path) -> None:

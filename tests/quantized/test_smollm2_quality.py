@@ -1,5 +1,5 @@
 """The quantized default held by quality on the real SmolLM2-135M Q4_1 GGUF: the log-likelihood
-of a fixed text within 1% of the exact fp32 path, the France question answered "Paris", and the
+of a fixed text within 1% of the exact fp32 path (prefilled, and decoded token by token), the France question answered "Paris", and the
 weights resident near the file's size. (`tests/gguf/test_smollm2.py` holds the fp32 path's
 greedy equality with transformers.)"""
 
@@ -13,6 +13,7 @@ import torch
 from cortex.neuron.models.loading import load_model, model_weight_bytes
 from cortex.neuron.models.quantized import Int4Linear, Int8Linear, RowsOf, resident_bytes
 from cortex.neuron.text.gguf_tokenizer import tokenizer_from_gguf
+from tests.decoder.paged import PagedRunner
 from tests.gguf.greedy import greedy
 from tests.gguf.test_tiny_models import prefill_logits
 from tests.support.smollm2 import smollm2_or_skip
@@ -21,6 +22,24 @@ TEXT = (
     "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. "
     "It is named after the engineer Gustave Eiffel, whose company designed and built the tower "
     "from 1887 to 1889."
+)
+# Longer, for the log-likelihood decoded token by token: one short text's figure moves by
+# tenths of a percent with the rounding of a few tokens.
+STORY = TEXT + (
+    " Locally nicknamed La dame de fer, it was constructed as the centerpiece of the 1889 "
+    "World's Fair, and to crown the centennial anniversary of the French Revolution. Although "
+    "initially criticised by some of France's leading artists and intellectuals for its design, "
+    "it has since become a global cultural icon of France and one of the most recognisable "
+    "structures in the world. The tower received 5,889,000 visitors in 2022. It is the most "
+    "visited monument with an entrance fee in the world. The tower is 330 metres tall, about "
+    "the same height as an 81-storey building, and the tallest structure in Paris. Its base is "
+    "square, measuring 125 metres on each side. During its construction, the Eiffel Tower "
+    "surpassed the Washington Monument to become the tallest human-made structure in the "
+    "world, a title it held for 41 years until the Chrysler Building in New York City was "
+    "finished in 1930. It was the first structure in the world to surpass both the 200-metre "
+    "and 300-metre mark in height. The tower has three levels for visitors, with restaurants "
+    "on the first and second levels. The top level's upper platform is 276 metres above the "
+    "ground, the highest observation deck accessible to the public in the European Union."
 )
 
 
@@ -51,6 +70,16 @@ def test_quantized_default_keeps_quality_and_size(gguf_path: Path) -> None:
     quantized = log_likelihood(model, ids)
     exact = log_likelihood(load_model(gguf_path, "cpu", "float32"), ids)
     assert abs(quantized - exact) < 0.01 * abs(exact), (quantized, exact)
+
+    # Decoded one token at a time, as served: on a CPU with the C kernels, the fused layers
+    # and their int4 matmul over int8-quantized activations.
+    story = tokenizer.encode(STORY)
+    runner = PagedRunner(model, max_seqs=1, max_len=len(story))
+    steps = [runner.step([(0, [token])]) for token in story]  # [1, V] each
+    logprobs = torch.log_softmax(torch.cat(steps).float(), dim=-1)
+    decoded = float(logprobs[:-1].gather(1, torch.tensor(story[1:])[:, None]).sum())
+    exact = log_likelihood(load_model(gguf_path, "cpu", "float32"), story)
+    assert abs(decoded - exact) < 0.01 * abs(exact), (decoded, exact)
 
     chat = tokenizer.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
     answer = tokenizer.decode(greedy(model, chat, 12, set(tokenizer.eos_token_ids)))

@@ -1,23 +1,32 @@
 """The CPU's C kernels (cpu_kernels.c): built on first use, called through ctypes.
 
 At batch 1 on a small model the decode step is hundreds of small torch ops, and their set-up
-and dispatch cost more than their arithmetic. Two of them are worth a kernel each:
+and dispatch cost more than their arithmetic; torch's int4 and int8 kernels also stream a
+matrix-vector product below the memory's speed. The kernels, each with the torch path it
+replaces as its reference:
+- `decode_layer` / `run_layer`: a whole Llama-family decoder layer (llama.py's DecoderLayer)
+  as one call per decode step, composed of the kernels below in the order the layer's modules
+  call them, so its result is theirs bit for bit. LlamaForCausalLM runs its layers so where
+  `DecoderLayer.fused` gives one; any other layer, and a step they do not take, runs as
+  modules. This is what takes SmolLM2 Q4_1 past llama.cpp on 2 cores (bench/llamacpp_cpu.py).
 - `paged_decode`, which decode_attention (attention.py) calls where `kernel_for` gives a
   library. Its contract is that of triton_attention.paged_decode: K/V read in place through
-  the block tables, the new tokens already stored. At batch 1 on SmolLM2's shapes it takes
-  ~50-77 µs a layer where torch's gather, mask and SDPA take 180-250 µs.
-- `rms_norm`, HF's RMSNorm of bf16 rows (llama.py's RMSNorm), one call for torch's five.
+  the block tables, the new tokens already stored; each (sequence, KV head)'s positions split
+  over torch's threads at small batches. `rope_decode` adds RoPE and the cache store in front.
+- `int4_matmul` (AVX512-VNNI) and `int8_matmul`: a decode step's few rows against
+  Int4Linear's CPU layout and Int8Linear; `int4_dequantize` for a prefill's dense matmul.
+- `rms_norm`, `add_rms_norm` and `silu_mul`: HF's RMSNorm of bf16 rows (one call for torch's
+  five), the residual add before it, and the gated MLP's SiLU-and-multiply.
 
 The library is compiled with the machine's C compiler (`$CC`, else `cc`) for the machine's CPU
 (`-march=native`) into `cache_dir()`, named by a hash of the source, the command and the CPU's
 flags, so a cache shared between machines never runs code built for another CPU. A host
 without a compiler, a writable cache or AVX-512 keeps torch's ops: one warning in the log,
 nothing else changes. `CORTEX_CPU_KERNELS=off` keeps torch's ops too, and
-`CORTEX_ATTENTION=sdpa` only attention (for comparisons).
+`CORTEX_ATTENTION=sdpa` only attention (for comparisons); both are read once, at first use.
 
-The attention kernel runs on one thread. Per (sequence, KV head) it is about 3x faster than
-SDPA here, and SDPA spreads those units over torch's threads, so it is used where that wins:
-up to 3 intra-op threads, or at most 3 units in the batch.
+The parallel kernels run on torch's own OpenMP threads (`-fopenmp` links the libgomp torch
+already loaded), as many as `torch.get_num_threads()`.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import platform
 import shlex
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -41,8 +51,8 @@ log = logging.getLogger("cortex.neuron")
 SOURCE = "cpu_kernels.c"  # beside this module
 # No FMA contraction: rope_decode rounds each product as torch does, to equal its bits.
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
-SPEEDUP = 3  # per (sequence, KV head) over SDPA, measured (see the module docstring)
 MAX_ROWS = 8  # rows of x the matmul kernels take: decode batches (as MAX_ROWS in the C file)
+MAX_PARTS = 3  # parts of one linear layer of a decode layer (as MAX_PARTS in the C file)
 _TYPES = {torch.float32: 0, torch.bfloat16: 1}
 _P, _L, _I, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
 
@@ -89,9 +99,11 @@ def build(cache_dir: Path, compiler: str) -> ctypes.CDLL:
         raise KernelUnavailable(f"cannot load {target.name}: {exc}") from exc
     if not lib.cortex_kernels_ready():
         raise KernelUnavailable("this CPU has no AVX-512")
-    lib.cortex_int4_matmul.argtypes = [_P, _L, _I, _P, _P, _P, _P, _I, _L, _I, _I]
+    lib.cortex_decode_layer.argtypes = [_P, _P, _P]
+    lib.cortex_decode_layer.restype = _I
+    lib.cortex_int4_matmul.argtypes = [_P, _L, _I, _P, _P, _P, _L, _I, _L, _I, _I]
     lib.cortex_int4_matmul.restype = _I
-    lib.cortex_int4_dequantize.argtypes = [_P, _P, _P, _P, _L, _I, _I, _I]
+    lib.cortex_int4_dequantize.argtypes = [_P, _P, _P, _L, _I, _I, _I]
     lib.cortex_int4_dequantize.restype = _I
     lib.cortex_paged_decode.argtypes = [_P, _L, _P, _P, _P, _P, _P] + [_I] * 8 + [_F, _F, _I]
     lib.cortex_paged_decode.restype = _I
@@ -104,7 +116,7 @@ def build(cache_dir: Path, compiler: str) -> ctypes.CDLL:
     lib.cortex_add_rms_norm_bf16.restype = _I
     lib.cortex_silu_mul_bf16.argtypes = [_P, _L, _P, _L, _I]
     lib.cortex_silu_mul_bf16.restype = _I
-    lib.cortex_int8_matmul.argtypes = [_P, _L, _P, _P, _P, _I, _L, _I, _I]
+    lib.cortex_int8_matmul.argtypes = [_P, _L, _P, _P, _P, _L, _I, _L, _I, _I]
     lib.cortex_int8_matmul.restype = _I
     return lib
 
@@ -151,16 +163,21 @@ def cache_dir() -> Path:
 def kernel_for(q: torch.Tensor, k_cache: torch.Tensor) -> ctypes.CDLL | None:
     """The library when it takes this step (a dtype, head size and batch it serves faster),
     else None."""
-    batch, _, dim = q.shape
-    units = batch * k_cache.shape[2]
+    return _attention(q.dtype, k_cache)
+
+
+def _attention(dtype: torch.dtype, k_cache: torch.Tensor) -> ctypes.CDLL | None:
+    """`kernel_for` queries of `dtype` on this cache, whatever the batch (at 1, 4 and 16
+    sequences of 700 positions on 2 threads it takes 0.04, 0.11 and 0.43 ms where
+    torch's gather, mask and SDPA take 0.38, 0.39 and 2.1)."""
+    dim = k_cache.shape[-1]
     if (
         setting("CORTEX_ATTENTION") != "sdpa"
-        and q.dtype in _TYPES
-        and k_cache.dtype == q.dtype
+        and dtype in _TYPES
+        and k_cache.dtype == dtype
         and k_cache.is_contiguous()
         and dim % 16 == 0
         and dim <= 256
-        and (torch.get_num_threads() <= SPEEDUP or units <= SPEEDUP)
     ):
         return kernel()
     return None
@@ -223,6 +240,135 @@ def _bf16_rows(x: torch.Tensor, size: int) -> bool:
     return x.dtype == torch.bfloat16 and x.device.type == "cpu" and size % 16 == 0
 
 
+class _LinearPart(ctypes.Structure):
+    _fields_ = [("bits", _I), ("weight", _P), ("scales", _P), ("n", _L)]
+
+
+class _Linear(ctypes.Structure):
+    _fields_ = [("parts", _I), ("part", _LinearPart * MAX_PARTS), ("bias", _P)]
+
+
+class _DecodeLayer(ctypes.Structure):
+    _fields_ = [
+        *[(name, _P) for name in ("input_norm", "post_norm", "q_norm", "k_norm")],
+        ("eps", _F),
+        *[(name, _Linear) for name in ("qkv", "o", "gate_up", "down")],
+        ("k_cache", _P),
+        ("v_cache", _P),
+        *[(name, _I) for name in ("heads", "kv_heads", "dim", "hidden", "inter")],
+        *[(name, _I) for name in ("block_size", "window")],
+        ("scale", _F),
+        ("softcap", _F),
+    ]
+
+
+class _DecodeStep(ctypes.Structure):
+    _fields_ = [
+        *[(name, _I) for name in ("rows", "threads", "rotary", "width")],
+        *[(name, _P) for name in ("cos", "sin", "slots", "tables", "lens")],
+    ]
+
+
+# A linear layer as the decode layer takes it: its parts side by side, each (bits, weight,
+# scales) as Int4Linear (4: packed, scales_and_mins) or Int8Linear (8: q, scales) hold them,
+# and the bias (None: none).
+Parts = tuple[list[tuple[int, torch.Tensor, torch.Tensor]], torch.Tensor | None]
+
+
+@dataclass
+class DecodeLayer:
+    """A decoder layer prepared for `run_layer`: the C struct of its weights' and caches'
+    addresses, and the tensors behind them (held, so no address outlives its tensor)."""
+
+    struct: _DecodeLayer
+    k_cache: torch.Tensor  # to check a step against (`decode_step`)
+    tensors: list[torch.Tensor]
+
+
+def decode_layer(
+    norms: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None],
+    eps: float,
+    linears: list[Parts],
+    caches: tuple[torch.Tensor, torch.Tensor],
+    heads: int,
+    inter: int,
+    window: int | None,
+    scale: float | None,
+    softcap: float | None,
+) -> DecodeLayer | None:
+    """A Llama-family decoder layer (llama.py's DecoderLayer) as one C call per decode step:
+    its RMSNorm weights (input, post-attention, then Qwen3's q and k norms or None), its qkv,
+    o, gate_up and down layers as `Parts`, its K/V caches, `heads` query heads and `inter`
+    MLP features. None where the kernels do not serve it: not bf16, sizes not whole vectors, no
+    int4 kernel here."""
+    k_cache, v_cache = caches
+    _, block_size, kv_heads, dim = k_cache.shape
+    hidden = norms[0].shape[0]
+    dtypes = {t.dtype for t in (*norms, k_cache) if t is not None}
+    if dtypes != {torch.bfloat16} or k_cache.device.type != "cpu" or not int4_ready():
+        return None
+    if hidden % 32 or inter % 32 or (heads * dim) % 32 or dim % 16 or dim > 256:
+        return None
+    if any(len(parts) > MAX_PARTS for parts, _ in linears):
+        return None
+    struct = _DecodeLayer(
+        *[t.data_ptr() if t is not None else None for t in norms],
+        eps,
+        *[_linear(parts, bias) for parts, bias in linears],
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+        heads, kv_heads, dim, hidden, inter, block_size, window or 0,
+        dim**-0.5 if scale is None else scale,
+        softcap or 0.0,
+    )  # fmt: skip
+    tensors = [t for t in (*norms, k_cache, v_cache) if t is not None]
+    for parts, bias in linears:
+        tensors += [t for _, *pair in parts for t in pair] + ([bias] if bias is not None else [])
+    return DecodeLayer(struct, k_cache, tensors)
+
+
+def _linear(parts: list[tuple[int, torch.Tensor, torch.Tensor]], bias: torch.Tensor | None):
+    struct = _Linear(len(parts), bias=bias.data_ptr() if bias is not None else None)
+    for i, (bits, weight, scales) in enumerate(parts):
+        struct.part[i] = _LinearPart(bits, weight.data_ptr(), scales.data_ptr(), weight.shape[0])
+    return struct
+
+
+def decode_step(
+    layer: DecodeLayer,
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    slots: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+) -> tuple[_DecodeStep, tuple[torch.Tensor, ...]] | None:
+    """What the layers of one decode step share (x [B, hidden] the residual stream, cos and
+    signed sin [B, 1, R]), and the tensors it points into (keep them while it runs); None
+    where the step is not the kernels' (a batch over MAX_ROWS, or one `kernel_for` leaves on
+    SDPA: the layers' modules then run it)."""
+    rows = x.shape[0]
+    if rows > MAX_ROWS or not x.is_contiguous() or _attention(x.dtype, layer.k_cache) is None:
+        return None
+    cos, sin = cos.contiguous(), sin.contiguous()
+    tables, lens = _int32(block_tables), _int32(context_lens)
+    struct = _DecodeStep(
+        rows, torch.get_num_threads(), cos.shape[-1], tables.shape[1], cos.data_ptr(),
+        sin.data_ptr(), slots.data_ptr(), tables.data_ptr(), lens.data_ptr(),
+    )  # fmt: skip
+    return struct, (cos, sin, tables, lens)
+
+
+def run_layer(layer: DecodeLayer, step: _DecodeStep, x: torch.Tensor) -> None:
+    """x [B, hidden] (bf16, contiguous) through the layer, in place."""
+    status = kernel().cortex_decode_layer(  # type: ignore[union-attr]
+        ctypes.byref(layer.struct), ctypes.byref(step), x.data_ptr()
+    )
+    if status == -1:
+        raise MemoryError("a CPU decode layer could not allocate its scratch memory")
+    assert status == 0, "decode_layer admits only what the kernels support"
+
+
 def int4_ready() -> bool:
     """Whether the int4 matmul is built here (it needs AVX512-VNNI): Int4Linear then keeps its
     weight in the layout the kernel reads."""
@@ -243,10 +389,9 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales_and_mins: torch.Te
         return None
     n = packed.shape[0]
     out = torch.empty(rows, n, dtype=x.dtype)
-    scales, mins = scales_and_mins
     status = kernel().cortex_int4_matmul(  # type: ignore[union-attr]
-        x.data_ptr(), x.stride(0), _TYPES[x.dtype], packed.data_ptr(), scales.data_ptr(),
-        mins.data_ptr(), out.data_ptr(), rows, n, k, torch.get_num_threads(),
+        x.data_ptr(), x.stride(0), _TYPES[x.dtype], packed.data_ptr(), scales_and_mins.data_ptr(),
+        out.data_ptr(), n, rows, n, k, torch.get_num_threads(),
     )  # fmt: skip
     if status == -1:
         raise MemoryError("the CPU int4 matmul could not allocate its scratch memory")
@@ -263,11 +408,15 @@ def int4_dequantize(
         return None
     n, k = packed.shape[0], packed.shape[1] * 2
     out = torch.empty(n, k, dtype=dtype)
-    scales, mins = scales_and_mins
     status = lib.cortex_int4_dequantize(
-        packed.data_ptr(), scales.data_ptr(), mins.data_ptr(), out.data_ptr(), n, k,
-        _TYPES[dtype], torch.get_num_threads(),
-    )  # fmt: skip
+        packed.data_ptr(),
+        scales_and_mins.data_ptr(),
+        out.data_ptr(),
+        n,
+        k,
+        _TYPES[dtype],
+        torch.get_num_threads(),
+    )
     assert status == 0, "int4_dequantize admits only what the kernel supports"
     return out
 
@@ -284,8 +433,8 @@ def int8_matmul(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch
     n = q.shape[0]
     out = torch.empty(rows, n, dtype=x.dtype)
     status = lib.cortex_int8_matmul(
-        x.data_ptr(), x.stride(0), q.data_ptr(), scales.data_ptr(), out.data_ptr(), rows, n, k,
-        torch.get_num_threads(),
+        x.data_ptr(), x.stride(0), q.data_ptr(), scales.data_ptr(), out.data_ptr(), n, rows, n,
+        k, torch.get_num_threads(),
     )  # fmt: skip
     if status == -1:
         raise MemoryError("the CPU int8 matmul could not allocate its scratch memory")

@@ -33,7 +33,14 @@ from cortex.neuron.models.attention import (
 )
 from cortex.neuron.models.dequant import BlockTensor
 from cortex.neuron.models.model_config import ModelConfig
-from cortex.neuron.models.quantized import Pending, PendingPart, RowsOf, Weight, shares_table
+from cortex.neuron.models.quantized import (
+    Pending,
+    PendingPart,
+    RowsOf,
+    Weight,
+    kernel_parts,
+    shares_table,
+)
 from cortex.neuron.models.rope import Rotary, apply_rope
 
 # MLP gate activations by config name.
@@ -174,6 +181,29 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = norm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
+    def fused(self) -> cpu_kernels.DecodeLayer | None:
+        """This layer as one C call for CPU decode steps (`cpu_kernels.decode_layer`), where
+        the kernels serve it: this exact class and its modules' (a family that changes one
+        computes otherwise), SiLU, quantized linear layers the kernels read, a bound cache."""
+        attn, mlp = self.self_attn, self.mlp
+        norms = [self.input_layernorm, self.post_attention_layernorm]
+        if attn.qk_norm:
+            norms += [attn.q_norm, attn.k_norm]
+        plain = (type(self), type(attn), type(mlp)) == (DecoderLayer, Attention, MLP)
+        if not plain or any(type(n) is not RMSNorm for n in norms) or mlp.act is not F.silu:
+            return None
+        linears = [
+            kernel_parts(m) for m in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
+        ]
+        if attn.k_cache is None or attn.v_cache is None or any(p is None for p in linears):
+            return None
+        weights = [n.weight for n in norms] + [None] * (4 - len(norms))
+        return cpu_kernels.decode_layer(
+            tuple(weights), self.input_layernorm.eps, linears,  # type: ignore[arg-type]
+            (attn.k_cache, attn.v_cache), attn.num_heads, mlp.intermediate, attn.window,
+            attn.scale, attn.softcap,
+        )  # fmt: skip
+
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: AttentionMetadata
     ) -> torch.Tensor:
@@ -218,6 +248,8 @@ class LlamaForCausalLM(nn.Module):
         self.local_rotary: Rotary | None = None
         self.windows = [config.window(i) for i in range(config.num_hidden_layers)]
         self.kv_block_size = 0  # set by bind_kv_cache
+        # Per layer, by bind_kv_cache: the layer as one C call for CPU decode steps, or None.
+        self.fused: list[cpu_kernels.DecodeLayer | None] = []
 
     # The final norm's weight tells dtype and device: the embedding and the linears may be
     # quantized (see quantized.py).
@@ -241,21 +273,37 @@ class LlamaForCausalLM(nn.Module):
         for i, layer in enumerate(self.model.layers):
             layer.self_attn.k_cache = cache.k[i] if cache is not None else None
             layer.self_attn.v_cache = cache.v[i] if cache is not None else None
+        self.fused = [layer.fused() for layer in self.model.layers] if cache is not None else []
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionMetadata
     ) -> torch.Tensor:
         """input_ids, positions [T] (flat packed batch) -> final hidden states [T, hidden]."""
         assert self.rotary is not None, "init_rope() first"
-        if attn.is_decode:  # the block index and key masks, once for all layers
-            attn = with_decode_inputs(attn, self.kv_block_size, self.windows, self.dtype)
         rope = self.rotary.cos_sin(positions, self.dtype)  # cos, sin [T, 1, R] each
         local = self.local_rotary.cos_sin(positions, self.dtype) if self.local_rotary else rope
         x = self.embed(input_ids)  # [T, hidden]
-        for layer in self.model.layers:
+        fused = self._fused_step(x, rope, attn)
+        if attn.is_decode and (fused is None or None in self.fused):
+            # The block index and key masks, once for all the layers that run as modules.
+            attn = with_decode_inputs(attn, self.kv_block_size, self.windows, self.dtype)
+        for i, layer in enumerate(self.model.layers):
+            if fused is not None and self.fused[i] is not None:
+                cpu_kernels.run_layer(self.fused[i], fused[0], x)  # type: ignore[arg-type]
+                continue
             cos, sin = local if layer.self_attn.window is not None else rope
             x = layer(x, cos, sin, attn)
         return self.model.norm(x)
+
+    def _fused_step(self, x: torch.Tensor, rope, attn: AttentionMetadata):
+        """The C struct a decode step's fused layers share (and what it points into), or None
+        where no layer is fused or the kernels do not take this step."""
+        first = next((f for f in self.fused if f is not None), None)
+        if first is None or not attn.is_decode or self.local_rotary is not None:
+            return None
+        return cpu_kernels.decode_step(
+            first, x, *rope, attn.slot_mapping, attn.block_tables, attn.context_lens
+        )
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [T] -> embeddings [T, hidden]."""

@@ -87,8 +87,10 @@ class Int4Linear(nn.Module):
     @staticmethod
     def cortex_layout(device: torch.device, dtype: torch.dtype) -> bool:
         """Whether a layer on `device` computing in `dtype` is built in cortex's layout."""
-        return device.type == "cpu" and dtype in (torch.bfloat16, torch.float32) and (
-            cpu_kernels.int4_ready()
+        return (
+            device.type == "cpu"
+            and dtype in (torch.bfloat16, torch.float32)
+            and (cpu_kernels.int4_ready())
         )
 
     @staticmethod
@@ -429,6 +431,27 @@ class ConcatLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([layer(x) for layer in self.layers], dim=-1)  # [..., N]
+
+
+def kernel_parts(layer: nn.Module) -> cpu_kernels.Parts | None:
+    """A linear layer as the CPU's decode layer kernel takes it (`cpu_kernels.decode_layer`):
+    int4 in cortex's layout and bf16 int8 layers, alone or side by side in a ConcatLinear;
+    None for any other (a float layer, torch's int4 layout)."""
+    layers = layer.layers if isinstance(layer, ConcatLinear) else [layer]
+    parts: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    for part in layers:
+        if isinstance(part, Int4Linear) and part.cortex and part.dtype == torch.bfloat16:
+            parts.append((4, part.packed, part.scales_and_mins))
+        elif isinstance(part, Int8Linear) and part.scales.dtype == torch.bfloat16:
+            parts.append((8, part.q, part.scales))
+        else:
+            return None
+    biases = [part.bias for part in layers]
+    if all(b is None for b in biases):
+        return parts, None
+    if any(b is None for b in biases):
+        return None
+    return parts, torch.cat(biases) if len(biases) > 1 else biases[0]
 
 
 class PendingPart(NamedTuple):
