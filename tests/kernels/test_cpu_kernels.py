@@ -186,6 +186,24 @@ def test_build_is_cached(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [built]  # no scratch left behind
 
 
+@needs_kernel
+def test_a_compiler_without_openmp_builds_the_kernels_for_one_thread(tmp_path: Path) -> None:
+    """clang without libomp fails on -fopenmp: the kernels are built without it, and the
+    threaded ones run their loops on the calling thread."""
+    compiler = tmp_path / "cc-without-openmp"
+    compiler.write_text('#!/bin/sh\ncase "$*" in *-fopenmp*) echo "no omp.h" >&2; exit 1;; esac\n'
+                        'exec cc "$@"\n')  # fmt: skip
+    compiler.chmod(0o755)
+    lib = cpu_kernels.build(tmp_path / "cache", str(compiler))
+    assert lib.cortex_kernels_ready()
+    q = torch.randint(-127, 128, (40, 64), dtype=torch.int8)
+    scales, x = (torch.rand(40) / 50).bfloat16(), torch.randn(2, 64).bfloat16()
+    out = torch.empty(2, 40, dtype=torch.bfloat16)
+    args = (x.data_ptr(), 64, q.data_ptr(), scales.data_ptr(), out.data_ptr(), 40, 2, 40, 64, 4)
+    assert lib.cortex_int8_matmul(*args) == 0
+    torch.testing.assert_close(out, cpu_kernels.int8_matmul(x, q, scales), atol=0, rtol=0)
+
+
 def test_kernels_go_to_systemds_cache_directory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CACHE_DIRECTORY", "/var/cache/helexa-neuron:/var/cache/other")
     assert cpu_kernels.cache_dir() == Path("/var/cache/helexa-neuron/kernels")

@@ -50,7 +50,8 @@ log = logging.getLogger("cortex.neuron")
 
 SOURCE = "cpu_kernels.c"  # beside this module
 # No FMA contraction: rope_decode rounds each product as torch does, to equal its bits.
-FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC"]
+OPENMP = "-fopenmp"  # links libgomp: the one torch has loaded, so its threads are shared
 MAX_ROWS = 8  # rows of x the matmul kernels take: decode batches (as MAX_ROWS in the C file)
 MAX_PARTS = 3  # parts of one linear layer of a decode layer (as MAX_PARTS in the C file)
 _TYPES = {torch.float32: 0, torch.bfloat16: 1}
@@ -63,8 +64,18 @@ class KernelUnavailable(Exception):
 
 def build(cache_dir: Path, compiler: str) -> ctypes.CDLL:
     """Compile (unless cached) and load the kernel library; raises KernelUnavailable.
-    `compiler` is a command line, as `$CC` may be ("ccache gcc")."""
-    command = [*shlex.split(compiler), *FLAGS]
+    `compiler` is a command line, as `$CC` may be ("ccache gcc"). A compiler without OpenMP
+    (clang without libomp) builds it without: the kernels then run on one thread."""
+    try:
+        target = _compile(cache_dir, compiler, [*FLAGS, OPENMP])
+    except KernelUnavailable:
+        target = _compile(cache_dir, compiler, FLAGS)
+    return _load(target)
+
+
+def _compile(cache_dir: Path, compiler: str, flags: list[str]) -> Path:
+    """The library built with these flags, in `cache_dir` (built there unless it is)."""
+    command = [*shlex.split(compiler), *flags]
     try:  # a resource, not a path: the package may run from a zip archive
         source = resources.files(__package__).joinpath(SOURCE).read_bytes()
     except OSError as exc:
@@ -73,26 +84,32 @@ def build(cache_dir: Path, compiler: str) -> ctypes.CDLL:
     key.update(" ".join(command).encode())
     key.update(_cpu_flags().encode())
     target = cache_dir / f"cpu_kernels-{key.hexdigest()[:16]}.so"
-    if not target.exists():
-        try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            # Built beside the target and renamed: two neurons building at once both succeed.
-            with tempfile.TemporaryDirectory(dir=cache_dir) as scratch:
-                built = Path(scratch) / target.name
-                (Path(scratch) / SOURCE).write_bytes(source)
-                subprocess.run(
-                    [*command, "-o", str(built), str(Path(scratch) / SOURCE)],
-                    check=True,
-                    capture_output=True,
-                    timeout=120,
-                )
-                built.replace(target)
-        except FileNotFoundError as exc:
-            raise KernelUnavailable(f"no C compiler ({compiler})") from exc
-        except subprocess.CalledProcessError as exc:
-            raise KernelUnavailable(f"{compiler} failed: {exc.stderr.decode()[-300:]}") from exc
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise KernelUnavailable(f"cannot build in {cache_dir}: {exc}") from exc
+    if target.exists():
+        return target
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        # Built beside the target and renamed: two neurons building at once both succeed.
+        with tempfile.TemporaryDirectory(dir=cache_dir) as scratch:
+            built = Path(scratch) / target.name
+            (Path(scratch) / SOURCE).write_bytes(source)
+            subprocess.run(
+                [*command, "-o", str(built), str(Path(scratch) / SOURCE)],
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
+            built.replace(target)
+    except FileNotFoundError as exc:
+        raise KernelUnavailable(f"no C compiler ({compiler})") from exc
+    except subprocess.CalledProcessError as exc:
+        raise KernelUnavailable(f"{compiler} failed: {exc.stderr.decode()[-300:]}") from exc
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise KernelUnavailable(f"cannot build in {cache_dir}: {exc}") from exc
+    return target
+
+
+def _load(target: Path) -> ctypes.CDLL:
+    """The built library, its functions typed."""
     try:
         lib = ctypes.CDLL(str(target))
     except OSError as exc:
