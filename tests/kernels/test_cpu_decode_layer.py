@@ -48,15 +48,19 @@ def decode_logits(model: LlamaForCausalLM, prompts: list[list[int]], steps: int,
     return torch.stack(out)
 
 
+def assert_fused_equal_modules(model: LlamaForCausalLM, prompts: list[list[int]], steps: int):
+    """Every layer fused, and the decode steps' logits those of the modules, bit for bit."""
+    theirs = decode_logits(model, prompts, steps, fused=False)
+    ours = decode_logits(model, prompts, steps, fused=True)
+    assert all(layer is not None for layer in model.fused)
+    assert torch.equal(ours, theirs)
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_fused_layers_equal_the_modules_bit_for_bit(tmp_path: Path, name: str) -> None:
     arch, scheme, overrides = MODELS[name]
     path = make_tiny_checkpoint(arch, tmp_path / name, **overrides)
-    model = load_model(path, "cpu", "bfloat16", quantize=scheme)
-    theirs = decode_logits(model, PROMPTS, 12, fused=False)
-    ours = decode_logits(model, PROMPTS, 12, fused=True)
-    assert all(layer is not None for layer in model.fused)
-    assert torch.equal(ours, theirs)
+    assert_fused_equal_modules(load_model(path, "cpu", "bfloat16", quantize=scheme), PROMPTS, 12)
 
 
 def test_a_fused_layer_of_mixed_kernels(tmp_path: Path) -> None:
@@ -69,20 +73,14 @@ def test_a_fused_layer_of_mixed_kernels(tmp_path: Path) -> None:
         q_k, v = exact.self_attn.qkv_proj.weight.split([attn.q_size + attn.kv_size, attn.kv_size])
         parts = [Int4Linear.quantize(q_k, None, torch.bfloat16)]
         attn.qkv_proj = ConcatLinear(parts + [Int8Linear.quantize(v, None, torch.bfloat16)])
-    theirs = decode_logits(model, PROMPTS, 8, fused=False)
-    ours = decode_logits(model, PROMPTS, 8, fused=True)
-    assert all(layer is not None for layer in model.fused)
-    assert torch.equal(ours, theirs)
+    assert_fused_equal_modules(model, PROMPTS, 8)
 
 
 def test_a_batch_over_max_rows_runs_as_modules(tmp_path: Path) -> None:
     path = make_tiny_checkpoint("llama", tmp_path / "llama")
     model = load_model(path, "cpu", "bfloat16", quantize="int4")
     prompts = [[i + 1, 2 * i + 3] for i in range(cpu_kernels.MAX_ROWS + 1)]
-    ours = decode_logits(model, prompts, 3, fused=True)
-    assert all(layer is not None for layer in model.fused)
-    theirs = decode_logits(model, prompts, 3, fused=False)
-    assert torch.equal(ours, theirs)
+    assert_fused_equal_modules(model, prompts, 3)
     layer, x = model.fused[0], torch.zeros(len(prompts), 64, dtype=torch.bfloat16)
     cos = torch.zeros(len(prompts), 1, 16, dtype=torch.bfloat16)
     ids = torch.zeros(len(prompts), dtype=torch.int32)

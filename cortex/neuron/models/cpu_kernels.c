@@ -52,8 +52,8 @@
  * (torch's own OpenMP runtime, already loaded, so the threads are torch's).
  *
  * cpu_kernels.py builds this at run time with the machine's compiler (-march=native) and
- * calls it through ctypes. Without AVX-512 it builds to a stub whose `ready` says 0, and
- * the neuron stays on torch's ops.
+ * calls it through ctypes. Without AVX-512 (F, BW, VL) it builds to a stub whose `ready` says
+ * 0, and the neuron stays on torch's ops.
  */
 #include <math.h>
 #include <stdint.h>
@@ -68,7 +68,9 @@ enum { OK = 0, NO_MEMORY = -1, UNSUPPORTED = -2 };
 #define GROUP 32        /* int4 weights: values per scale and min */
 #define MAX_PARTS 3     /* parts of one linear layer of a decode layer */
 
-#if defined(__AVX512F__)
+/* AVX-512 F with BW and VL (16-bit lanes and masked 256-bit loads): every AVX-512 CPU since
+ * Skylake-SP. */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 
 /* 1: the kernels; 3: the int4 matmul too (AVX512-VNNI). */
@@ -198,7 +200,8 @@ static void attend_part(const __m512 *qv, const char *k, const char *v, const in
             scores[g * stride + j] = _mm512_reduce_add_ps(s);
         }
     }
-    for (int g = 0; g < group; g++) exp_scores(scores + g * stride, n, softcap, best + g, total + g);
+    for (int g = 0; g < group; g++)
+        exp_scores(scores + g * stride, n, softcap, best + g, total + g);
     for (int i = 0; i < group * chunks; i++) acc[i] = _mm512_setzero_ps();
     for (long j = 0; j < n; j++) {
         const char *vrow = kv_row(v, table, first + j, block_size, slot, head, elem);
@@ -254,10 +257,13 @@ int cortex_paged_decode(const void *q, long q_stride, const void *k, const void 
             long head = (long)kvh * dim;
             const char *qhead = (const char *)q + (b * q_stride + (long)kvh * group * dim) * elem;
             for (int i = 0; i < group * chunks; i++)
-                qv[i] = _mm512_mul_ps(load16(qhead + (long)i * 16 * elem, type), _mm512_set1_ps(scale));
+                qv[i] = _mm512_mul_ps(load16(qhead + (long)i * 16 * elem, type),
+                                      _mm512_set1_ps(scale));
             attend_part(qv, k, v, tables + (long)b * width, lo, hi - lo, block_size, slot, head,
-                        elem, type, group, chunks, softcap, scores, stride, mine, mine + group, acc);
-            for (int i = 0; i < group * chunks; i++) _mm512_storeu_ps(mine + 2 * group + i * 16, acc[i]);
+                        elem, type, group, chunks, softcap, scores, stride, mine, mine + group,
+                        acc);
+            for (int i = 0; i < group * chunks; i++)
+                _mm512_storeu_ps(mine + 2 * group + i * 16, acc[i]);
         }
         free(scores), free(qv), free(acc);
     }
@@ -282,11 +288,13 @@ int cortex_paged_decode(const void *q, long q_stride, const void *k, const void 
                 sum += weight * mine[group + g];
                 const float *a = mine + 2 * group + (long)g * dim;
                 for (int c = 0; c < chunks; c++)
-                    acc[c] = _mm512_fmadd_ps(_mm512_set1_ps(weight), _mm512_loadu_ps(a + c * 16), acc[c]);
+                    acc[c] = _mm512_fmadd_ps(_mm512_set1_ps(weight), _mm512_loadu_ps(a + c * 16),
+                                             acc[c]);
             }
             char *o = (char *)out + (((long)b * heads + (long)kvh * group + g) * dim) * elem;
             __m512 inv = _mm512_set1_ps(1.0f / sum);
-            for (int c = 0; c < chunks; c++) store16(o + (long)c * 16 * elem, _mm512_mul_ps(acc[c], inv), type);
+            for (int c = 0; c < chunks; c++)
+                store16(o + (long)c * 16 * elem, _mm512_mul_ps(acc[c], inv), type);
         }
     }
     free(partials);
@@ -372,7 +380,8 @@ int cortex_add_rms_norm_bf16(const uint16_t *x, const uint16_t *residual, const 
  * (rows `stride` elements apart, `inter` values each, a multiple of 16). silu(g) = g * sigmoid(g),
  * the sigmoid from e = e^-|g| (1 / (1 + e) for g >= 0, e / (1 + e) below) so that no
  * exponential overflows. */
-int cortex_silu_mul_bf16(const uint16_t *gate_up, long stride, uint16_t *out, long rows, int inter) {
+int cortex_silu_mul_bf16(const uint16_t *gate_up, long stride, uint16_t *out, long rows,
+                         int inter) {
     if (inter % 16 != 0) return UNSUPPORTED;
     const __m512 one = _mm512_set1_ps(1.0f);
     for (long r = 0; r < rows; r++) {
@@ -381,7 +390,8 @@ int cortex_silu_mul_bf16(const uint16_t *gate_up, long stride, uint16_t *out, lo
             __m512 x = load16(g + i, BF16);
             __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(x))); /* e^-|x| */
             /* sigmoid(x): 1 / (1 + e) for x >= 0, e / (1 + e) below */
-            __m512 top = _mm512_mask_mov_ps(one, _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), e);
+            __mmask16 negative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+            __m512 top = _mm512_mask_mov_ps(one, negative, e);
             __m512 silu = round_bf16(_mm512_mul_ps(x, _mm512_div_ps(top, _mm512_add_ps(one, e))));
             store16(out + r * inter + i, _mm512_mul_ps(silu, load16(u + i, BF16)), BF16);
         }
@@ -426,11 +436,13 @@ int cortex_int8_matmul(const uint16_t *x, long x_stride, const int8_t *q, const 
         const int8_t *qr = q + r * k;
         /* The rows a few ahead: the hardware prefetcher alone leaves the memory idle between
          * short rows. */
-        for (int d = 0; d < k; d += 64) _mm_prefetch((const char *)(qr + PREFETCH_ROWS * k + d), _MM_HINT_T0);
+        for (int d = 0; d < k; d += 64)
+            _mm_prefetch((const char *)(qr + PREFETCH_ROWS * k + d), _MM_HINT_T0);
         __m512 acc[MAX_ROWS];
         for (int m = 0; m < rows; m++) acc[m] = _mm512_setzero_ps();
         for (int d = 0; d < k; d += 16) {
-            __m512 w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(qr + d))));
+            __m128i bytes = _mm_loadu_si128((const __m128i *)(qr + d));
+            __m512 w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes));
             for (int m = 0; m < rows; m++)
                 acc[m] = _mm512_fmadd_ps(w, _mm512_load_ps(xs + (long)m * k + d), acc[m]);
         }
@@ -464,7 +476,8 @@ int cortex_int4_dequantize(const uint8_t *packed, const uint16_t *scales, void *
             __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(q, _mm512_set1_epi32(15)));
             __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(q, 4));
             store16(o + (long)g * GROUP * elem, _mm512_add_ps(_mm512_mul_ps(lo, scale), min), type);
-            store16(o + ((long)g * GROUP + 16) * elem, _mm512_add_ps(_mm512_mul_ps(hi, scale), min), type);
+            store16(o + ((long)g * GROUP + 16) * elem, _mm512_add_ps(_mm512_mul_ps(hi, scale), min),
+                    type);
         }
     }
     return OK;
@@ -509,7 +522,8 @@ static void quantize_rows(const void *x, long x_stride, int type, int rows, int 
             _mm_storeu_si128((__m128i *)(qx->high + at * 16), _mm512_cvtepi32_epi8(qhi));
             qx->scale[at] = top / 127.0f;
             qx->sum[at] = _mm512_reduce_add_ps(_mm512_add_ps(lo, hi));
-            float quantized = qx->scale[at] * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi));
+            int total = _mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi));
+            float quantized = qx->scale[at] * (float)total;
             qx->shift[at] = 8 * (qx->sum[at] - quantized);
         }
     }
@@ -554,8 +568,9 @@ int cortex_int4_matmul(const void *x, long x_stride, int type, const uint8_t *pa
             __m512 both[MAX_ROWS]; /* weight scale x activation scale, per group */
             for (int m = 0; m < rows; m++) {
                 both[m] = _mm512_mul_ps(ws, _mm512_load_ps(qx.scale + m * padded + g0));
-                offset[m] = _mm512_fmadd_ps(wm, _mm512_load_ps(qx.sum + m * padded + g0), offset[m]);
-                offset[m] = _mm512_fmadd_ps(ws, _mm512_load_ps(qx.shift + m * padded + g0), offset[m]);
+                long at = (long)m * padded + g0;
+                offset[m] = _mm512_fmadd_ps(wm, _mm512_load_ps(qx.sum + at), offset[m]);
+                offset[m] = _mm512_fmadd_ps(ws, _mm512_load_ps(qx.shift + at), offset[m]);
             }
             for (int b = 0; 4 * b < left; b++) {
                 int in = left - 4 * b < 4 ? left - 4 * b : 4;
@@ -575,7 +590,8 @@ int cortex_int4_matmul(const void *x, long x_stride, int type, const uint8_t *pa
             }
         }
         for (int m = 0; m < rows; m++)
-            store1(out, m * out_stride + r, _mm512_reduce_add_ps(_mm512_add_ps(acc[m], offset[m])), type);
+            store1(out, m * out_stride + r, _mm512_reduce_add_ps(_mm512_add_ps(acc[m], offset[m])),
+                   type);
     }
     free(qx.low), free(qx.high), free(qx.scale), free(qx.sum), free(qx.shift);
     return OK;
@@ -622,15 +638,18 @@ static int apply_linear(const linear *layer, const uint16_t *x, int k, uint16_t 
     for (int i = 0; i < layer->parts; i++) {
         const linear_part *p = &layer->part[i];
         int status = p->bits == 4
-            ? cortex_int4_matmul(x, k, BF16, p->weight, p->scales, out + column, n, rows, p->n, k, threads)
-            : cortex_int8_matmul(x, k, p->weight, p->scales, out + column, n, rows, p->n, k, threads);
+            ? cortex_int4_matmul(x, k, BF16, p->weight, p->scales, out + column, n, rows, p->n, k,
+                                 threads)
+            : cortex_int8_matmul(x, k, p->weight, p->scales, out + column, n, rows, p->n, k,
+                                 threads);
         if (status != OK) return status;
         column += p->n;
     }
     if (layer->bias)
         for (int m = 0; m < rows; m++)
             for (long c = 0; c < n; c++)
-                store1_bf16(out + m * n + c, bf16_to_f32(out[m * n + c]) + bf16_to_f32(layer->bias[c]));
+                store1_bf16(out + m * n + c,
+                            bf16_to_f32(out[m * n + c]) + bf16_to_f32(layer->bias[c]));
     return OK;
 }
 
@@ -647,7 +666,7 @@ int cortex_decode_layer(const decode_layer *L, const decode_step *S, uint16_t *x
     for (int i = 0; i < 9; i++) total_size += ((sizes[i] * rows + 31) & ~31L);
     uint16_t *base = aligned_alloc(64, total_size * 2), *buf[9];
     if (!base) return NO_MEMORY;
-    for (int i = 0, at = 0; i < 9; at += (int)((sizes[i] * rows + 31) & ~31L), i++) buf[i] = base + at;
+    for (long i = 0, at = 0; i < 9; at += (sizes[i] * rows + 31) & ~31L, i++) buf[i] = base + at;
     uint16_t *normed = buf[0], *qkv = buf[1], *qk = buf[2], *att = buf[3], *o = buf[4];
     uint16_t *total = buf[5], *gate_up = buf[6], *gated = buf[7], *down = buf[8];
     int status = cortex_rms_norm_bf16(x, L->input_norm, normed, rows, hidden, L->eps);
@@ -659,7 +678,8 @@ int cortex_decode_layer(const decode_layer *L, const decode_step *S, uint16_t *x
                                           L->heads, L->dim, L->eps);
             if (status == OK)
                 status = cortex_rms_norm_bf16(qkv + m * qkv_size + q_size, L->k_norm,
-                                              qk + m * qk_size + q_size, L->kv_heads, L->dim, L->eps);
+                                              qk + m * qk_size + q_size, L->kv_heads, L->dim,
+                                              L->eps);
         }
         qk_stride = qk_size;
     } else {
@@ -729,7 +749,8 @@ int cortex_add_rms_norm_bf16(const uint16_t *x, const uint16_t *residual, const 
     return UNSUPPORTED;
 }
 
-int cortex_silu_mul_bf16(const uint16_t *gate_up, long stride, uint16_t *out, long rows, int inter) {
+int cortex_silu_mul_bf16(const uint16_t *gate_up, long stride, uint16_t *out, long rows,
+                         int inter) {
     return UNSUPPORTED;
 }
 

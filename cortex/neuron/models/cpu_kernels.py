@@ -115,7 +115,7 @@ def _load(target: Path) -> ctypes.CDLL:
     except OSError as exc:
         raise KernelUnavailable(f"cannot load {target.name}: {exc}") from exc
     if not lib.cortex_kernels_ready():
-        raise KernelUnavailable("this CPU has no AVX-512")
+        raise KernelUnavailable("this CPU has no AVX-512 (F, BW and VL)")
     lib.cortex_decode_layer.argtypes = [_P, _P, _P]
     lib.cortex_decode_layer.restype = _I
     lib.cortex_int4_matmul.argtypes = [_P, _L, _I, _P, _P, _P, _L, _I, _L, _I, _I]
@@ -211,7 +211,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor 
     status = lib.cortex_rms_norm_bf16(
         x.data_ptr(), weight.data_ptr(), out.data_ptr(), x.numel() // dim, dim, eps
     )
-    assert status == 0, "rms_norm admits only what the kernel supports"
+    _check(status, "rms_norm")
     return out
 
 
@@ -231,7 +231,7 @@ def add_rms_norm(
         x.data_ptr(), residual.data_ptr(), weight.data_ptr(), total.data_ptr(), out.data_ptr(),
         x.numel() // dim, dim, eps,
     )  # fmt: skip
-    assert status == 0, "add_rms_norm admits only what the kernel supports"
+    _check(status, "add_rms_norm")
     return out, total
 
 
@@ -248,7 +248,7 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor | None:
     status = lib.cortex_silu_mul_bf16(
         gate_up.data_ptr(), gate_up.stride(0), out.data_ptr(), rows, inter
     )
-    assert status == 0, "silu_mul admits only what the kernel supports"
+    _check(status, "silu_mul")
     return out
 
 
@@ -381,9 +381,7 @@ def run_layer(layer: DecodeLayer, step: _DecodeStep, x: torch.Tensor) -> None:
     status = kernel().cortex_decode_layer(  # type: ignore[union-attr]
         ctypes.byref(layer.struct), ctypes.byref(step), x.data_ptr()
     )
-    if status == -1:
-        raise MemoryError("a CPU decode layer could not allocate its scratch memory")
-    assert status == 0, "decode_layer admits only what the kernels support"
+    _check(status, "decode_layer")
 
 
 def int4_ready() -> bool:
@@ -410,9 +408,7 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales_and_mins: torch.Te
         x.data_ptr(), x.stride(0), _TYPES[x.dtype], packed.data_ptr(), scales_and_mins.data_ptr(),
         out.data_ptr(), n, rows, n, k, torch.get_num_threads(),
     )  # fmt: skip
-    if status == -1:
-        raise MemoryError("the CPU int4 matmul could not allocate its scratch memory")
-    assert status == 0, "int4_matmul admits only what the kernel supports"
+    _check(status, "int4_matmul")
     return out
 
 
@@ -434,7 +430,7 @@ def int4_dequantize(
         _TYPES[dtype],
         torch.get_num_threads(),
     )
-    assert status == 0, "int4_dequantize admits only what the kernel supports"
+    _check(status, "int4_dequantize")
     return out
 
 
@@ -453,9 +449,7 @@ def int8_matmul(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch
         x.data_ptr(), x.stride(0), q.data_ptr(), scales.data_ptr(), out.data_ptr(), n, rows, n,
         k, torch.get_num_threads(),
     )  # fmt: skip
-    if status == -1:
-        raise MemoryError("the CPU int8 matmul could not allocate its scratch memory")
-    assert status == 0, "int8_matmul admits only what the kernel supports"
+    _check(status, "int8_matmul")
     return out
 
 
@@ -474,9 +468,10 @@ def rope_decode(
     softcap: float | None,
 ) -> torch.Tensor | None:
     """A decode step's attention from its projections: RoPE on q and k, k and v stored at
-    `slots` (int64), then `paged_decode` over the block tables. qk [B, H + KVH, D] (q heads, then k heads) and v
-    [B, KVH, D] may be row views of the fused projection; cos and signed sin [B, 1, R] as
-    `Rotary.cos_sin` gives them. -> out [B, H, D]; None where `kernel_for` gives no library."""
+    `slots` (int64), then `paged_decode` over the block tables. qk [B, H + KVH, D] (q heads,
+    then k heads) and v [B, KVH, D] may be row views of the fused projection; cos and signed
+    sin [B, 1, R] as `Rotary.cos_sin` gives them. -> out [B, H, D]; None where `kernel_for`
+    gives no library."""
     if qk.device.type != "cpu" or (lib := kernel_for(qk, k_cache)) is None:
         return None
     batch, _, dim = qk.shape
@@ -497,9 +492,7 @@ def rope_decode(
         window or 0, dim**-0.5 if scale is None else scale, softcap or 0.0,
         torch.get_num_threads(),
     )  # fmt: skip
-    if status == -1:
-        raise MemoryError("CPU decode attention could not allocate its scratch memory")
-    assert status == 0, "kernel_for() admits only what the kernel supports"
+    _check(status, "rope_decode")
     return out
 
 
@@ -527,10 +520,16 @@ def paged_decode(
         window or 0, dim**-0.5 if scale is None else scale, softcap or 0.0,
         torch.get_num_threads(),
     )  # fmt: skip
-    if status == -1:
-        raise MemoryError("CPU decode attention could not allocate its scratch memory")
-    assert status == 0, "kernel_for() admits only what the kernel supports"
+    _check(status, "paged_decode")
     return out
+
+
+def _check(status: int, kernel: str) -> None:
+    """A kernel's status: 0 done, -1 out of memory (MemoryError, as torch's allocator says it),
+    anything else a call its Python side should not have made."""
+    if status == -1:
+        raise MemoryError(f"the CPU kernel {kernel} could not allocate its scratch memory")
+    assert status == 0, f"{kernel} was called with what it does not support"
 
 
 def _int32(x: torch.Tensor) -> torch.Tensor:
