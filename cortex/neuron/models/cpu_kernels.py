@@ -368,12 +368,12 @@ def decode_step(
     if rows > MAX_ROWS or not x.is_contiguous() or _attention(x.dtype, layer.k_cache) is None:
         return None
     cos, sin = cos.contiguous(), sin.contiguous()
-    tables, lens = _int32(block_tables), _int32(context_lens)
+    slots, tables, lens = _indices(slots, block_tables, context_lens)
     struct = _DecodeStep(
         rows, torch.get_num_threads(), cos.shape[-1], tables.shape[1], cos.data_ptr(),
         sin.data_ptr(), slots.data_ptr(), tables.data_ptr(), lens.data_ptr(),
     )  # fmt: skip
-    return struct, (cos, sin, tables, lens)
+    return struct, (cos, sin, slots, tables, lens)
 
 
 def run_layer(layer: DecodeLayer, step: _DecodeStep, x: torch.Tensor) -> None:
@@ -482,7 +482,7 @@ def rope_decode(
     if v.stride(2) != 1 or v.stride(1) != dim:
         v = v.contiguous()
     cos, sin = cos.contiguous(), sin.contiguous()
-    tables, lens = _int32(block_tables), _int32(context_lens)
+    slots, tables, lens = _indices(slots, block_tables, context_lens)
     out = torch.empty(batch, heads, dim, dtype=qk.dtype)
     status = lib.cortex_rope_decode(
         qk.data_ptr(), qk.stride(0), v.data_ptr(), v.stride(0), cos.data_ptr(), sin.data_ptr(),
@@ -511,7 +511,7 @@ def paged_decode(
     batch, heads, dim = q.shape
     if q.stride(2) != 1 or q.stride(1) != dim:
         q = q.contiguous()
-    tables, lens = _int32(block_tables), _int32(context_lens)
+    tables, lens = _as(block_tables, torch.int32), _as(context_lens, torch.int32)
     out = torch.empty(batch, heads, dim, dtype=q.dtype)
     status = lib.cortex_paged_decode(
         q.data_ptr(), q.stride(0), k_cache.data_ptr(), v_cache.data_ptr(),
@@ -532,10 +532,15 @@ def _check(status: int, kernel: str) -> None:
     assert status == 0, f"{kernel} was called with what it does not support"
 
 
-def _int32(x: torch.Tensor) -> torch.Tensor:
-    """x as contiguous int32 (the engine's tables and lengths already are: no copy)."""
-    if x.dtype != torch.int32:
-        x = x.to(torch.int32)
+def _indices(slots: torch.Tensor, block_tables: torch.Tensor, context_lens: torch.Tensor):
+    """The step's slots (int64), block tables and context lengths (int32), contiguous: as the
+    engine makes them already, so no copy."""
+    return _as(slots, torch.int64), _as(block_tables, torch.int32), _as(context_lens, torch.int32)
+
+
+def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if x.dtype != dtype:
+        x = x.to(dtype)
     return x if x.is_contiguous() else x.contiguous()
 
 
