@@ -200,6 +200,9 @@ def main() -> None:
             print(f"{name:20}{row}")
         else:
             print(f"{name:20}{row[0]:>10.3f}{row[1]:>14.1f}")
+    ours, *others = rows.items()
+    ratios = [f"{ours[1][1] / row[1]:.2f}x {name}" for name, row in others if type(row) is tuple]
+    print(f"cortex's decode rate: {', '.join(ratios)}")
     shown = ", ".join(f"{label} {sec:.3f} s" for label, sec in prefill.items())
     print(f"cortex prefill of the prompt from scratch (in process): {shown}")
     print(f"load average after: {os.getloadavg()}")

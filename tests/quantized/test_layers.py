@@ -4,8 +4,8 @@ Tolerances (relative Frobenius error of a layer's output against x @ W.T in fp32
 dequantized weight):
 - Q4_0, Q4_1, Q4_K -> int4 groups: the quants are kept, only scale and zero round (to fp16 in
   cortex's CPU layout, to the compute dtype in torch's): 1e-5 computing in fp32, 1e-2 in bf16
-  (bf16 activations and scales). A decode step's few rows on the CPU's C kernel are quantized
-  to int8 per group of 32 (as llama.cpp's matmuls do): 1e-2 in fp32 too.
+  (bf16 activations and scales). Up to INT4_ROWS rows on the CPU's C kernel are quantized to
+  int8 per group of 32 (as llama.cpp's matmuls do): 1e-2 in fp32 too.
 - Q8_0, Q5_0, Q5_1, Q5_K, Q6_K -> per-channel int8 requantized from the exact values: each
   weight moves by at most half a step (max |row| / 254): 2e-2.
 """
@@ -104,7 +104,7 @@ def layout(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> I
 
 def int4_tolerance(qtype: GGMLQuantizationType, dtype, layer: Int4Linear, rows: int) -> float:
     """What an int4 layer's output may be off by (see the module docstring)."""
-    if dtype == torch.bfloat16 or (layer.cortex and rows <= cpu_kernels.MAX_ROWS):
+    if dtype == torch.bfloat16 or (layer.cortex and rows <= cpu_kernels.INT4_ROWS):
         return 1e-2
     if layer.cortex and qtype == Q.Q4_K:  # its scales (6 bits x an fp16) round to fp16
         return 1e-3
@@ -121,7 +121,7 @@ def test_gguf_type_layer_matches_dequantized(
     assert isinstance(layer, Int4Linear if qtype in INT4 else Int8Linear)
     assert qtype not in INT4 or layer.cortex == (layout == "cortex")
     reference = weight.dequantize()  # [N, K] exact
-    for rows in (1, 5, 20):  # decode steps' rows, a prefill's
+    for rows in (1, 5, 20, cpu_kernels.INT4_ROWS + 8):  # decode steps' rows, prefills' rows
         x = torch.randn(rows, COLS)
         expected = x.to(dtype).float() @ reference.T + layer.bias.float()
         out = layer(x.to(dtype))

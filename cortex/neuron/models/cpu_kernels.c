@@ -30,7 +30,7 @@
  *
  * cortex_silu_mul_bf16: bf16(bf16(silu(gate)) * up) over a fused gate/up projection's rows.
  *
- * cortex_int4_matmul: out = x @ W.T for a few rows of x (fp32 or bf16) against an int4 weight
+ * cortex_int4_matmul: out = x @ W.T for rows of x (fp32 or bf16) against an int4 weight
  * in groups of 32 along k, w = q * scale + min (Int4Linear's CPU layout: per row, each group's
  * 32 values as 16 bytes, byte j holding value j in its low nibble and value j + 16 in its high
  * one; scales then mins, fp16 [2, n, k / 32]). x is quantized to int8 per group of 32 (scale
@@ -532,7 +532,7 @@ static void quantize_rows(const void *x, long x_stride, int type, int rows, int 
 int cortex_int4_matmul(const void *x, long x_stride, int type, const uint8_t *packed,
                        const uint16_t *scales, void *out, long out_stride, int rows, long n, int k,
                        int threads) {
-    if (k % GROUP != 0 || rows < 1 || rows > MAX_ROWS) return UNSUPPORTED;
+    if (k % GROUP != 0 || rows < 1) return UNSUPPORTED;
     int groups = k / GROUP, padded = (groups + 15) & ~15;
     const uint16_t *mins = scales + n * groups; /* scales [n, groups], then mins alike */
     quantized_rows qx;
@@ -559,39 +559,46 @@ int cortex_int4_matmul(const void *x, long x_stride, int type, const uint8_t *pa
         for (int d = 0; d < k / 2; d += 64)
             _mm_prefetch((const char *)(row + PREFETCH_ROWS * (k / 2) + d), _MM_HINT_T0);
         const uint16_t *rs = scales + r * groups, *rm = mins + r * groups;
-        __m512 acc[MAX_ROWS], offset[MAX_ROWS];
-        for (int m = 0; m < rows; m++) acc[m] = offset[m] = _mm512_setzero_ps();
-        for (int g0 = 0; g0 < groups; g0 += 16) { /* 16 groups: one vector of their scales */
-            int left = groups - g0 < 16 ? groups - g0 : 16;
-            __mmask16 gm = (__mmask16)((1u << left) - 1);
-            __m512 ws = load16_f16(rs + g0, gm), wm = load16_f16(rm + g0, gm);
-            __m512 both[MAX_ROWS]; /* weight scale x activation scale, per group */
-            for (int m = 0; m < rows; m++) {
-                both[m] = _mm512_mul_ps(ws, _mm512_load_ps(qx.scale + m * padded + g0));
-                long at = (long)m * padded + g0;
-                offset[m] = _mm512_fmadd_ps(wm, _mm512_load_ps(qx.sum + at), offset[m]);
-                offset[m] = _mm512_fmadd_ps(ws, _mm512_load_ps(qx.shift + at), offset[m]);
-            }
-            for (int b = 0; 4 * b < left; b++) {
-                int in = left - 4 * b < 4 ? left - 4 * b : 4;
-                __mmask64 bm = in == 4 ? ~0ULL : (1ULL << (16 * in)) - 1;
-                long at = (long)(g0 + 4 * b) * 16;
-                __m512i w = _mm512_maskz_loadu_epi8(bm, row + at);
-                __m512i wlo = _mm512_and_si512(w, nibble);
-                __m512i whi = _mm512_and_si512(_mm512_srli_epi16(w, 4), nibble);
-                for (int m = 0; m < rows; m++) {
-                    long xm = (long)m * padded * 16 + at;
-                    __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wlo,
-                                                      _mm512_maskz_loadu_epi8(bm, qx.low + xm));
-                    dot = _mm512_dpbusd_epi32(dot, whi, _mm512_maskz_loadu_epi8(bm, qx.high + xm));
-                    acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot),
-                                             _mm512_permutexvar_ps(spread[b], both[m]), acc[m]);
+        /* MAX_ROWS rows of x at a time: the weight row comes from memory once, from the cache
+         * for the next rows. */
+        for (int m0 = 0; m0 < rows; m0 += MAX_ROWS) {
+            int count = rows - m0 < MAX_ROWS ? rows - m0 : MAX_ROWS;
+            __m512 acc[MAX_ROWS], offset[MAX_ROWS];
+            for (int m = 0; m < count; m++) acc[m] = offset[m] = _mm512_setzero_ps();
+            for (int g0 = 0; g0 < groups; g0 += 16) { /* 16 groups: one vector of their scales */
+                int left = groups - g0 < 16 ? groups - g0 : 16;
+                __mmask16 gm = (__mmask16)((1u << left) - 1);
+                __m512 ws = load16_f16(rs + g0, gm), wm = load16_f16(rm + g0, gm);
+                __m512 both[MAX_ROWS]; /* weight scale x activation scale, per group */
+                for (int m = 0; m < count; m++) {
+                    long at = (long)(m0 + m) * padded + g0;
+                    both[m] = _mm512_mul_ps(ws, _mm512_load_ps(qx.scale + at));
+                    offset[m] = _mm512_fmadd_ps(wm, _mm512_load_ps(qx.sum + at), offset[m]);
+                    offset[m] = _mm512_fmadd_ps(ws, _mm512_load_ps(qx.shift + at), offset[m]);
+                }
+                for (int b = 0; 4 * b < left; b++) {
+                    int in = left - 4 * b < 4 ? left - 4 * b : 4;
+                    __mmask64 bm = in == 4 ? ~0ULL : (1ULL << (16 * in)) - 1;
+                    long at = (long)(g0 + 4 * b) * 16;
+                    __m512i w = _mm512_maskz_loadu_epi8(bm, row + at);
+                    __m512i wlo = _mm512_and_si512(w, nibble);
+                    __m512i whi = _mm512_and_si512(_mm512_srli_epi16(w, 4), nibble);
+                    for (int m = 0; m < count; m++) {
+                        long xm = (long)(m0 + m) * padded * 16 + at;
+                        __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wlo,
+                                                          _mm512_maskz_loadu_epi8(bm, qx.low + xm));
+                        dot = _mm512_dpbusd_epi32(dot, whi,
+                                                  _mm512_maskz_loadu_epi8(bm, qx.high + xm));
+                        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot),
+                                                 _mm512_permutexvar_ps(spread[b], both[m]), acc[m]);
+                    }
                 }
             }
+            for (int m = 0; m < count; m++) {
+                float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[m], offset[m]));
+                store1(out, (m0 + m) * out_stride + r, sum, type);
+            }
         }
-        for (int m = 0; m < rows; m++)
-            store1(out, m * out_stride + r, _mm512_reduce_add_ps(_mm512_add_ps(acc[m], offset[m])),
-                   type);
     }
     free(qx.low), free(qx.high), free(qx.scale), free(qx.sum), free(qx.shift);
     return OK;

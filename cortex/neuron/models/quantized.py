@@ -56,9 +56,10 @@ class Int4Linear(nn.Module):
     - cortex's, on a CPU whose C kernels have the int4 matmul (`cpu_kernels.int4_ready`):
       `packed` [N, K / 2] uint8, each group's 32 values as 16 bytes (byte j holds value j in its
       low nibble, value j + 16 in its high one), and `scales_and_mins` fp16 [2, N, K / GROUP]:
-      w = q * scale + min. A decode step's rows go through `cpu_kernels.int4_matmul`, which
-      quantizes them to int8 per group (as llama.cpp does); more rows (a prefill) through
-      torch's dense matmul of the dequantized weight, faster there than torch's int4 kernel.
+      w = q * scale + min. Up to `cpu_kernels.INT4_ROWS` rows (decode steps, short prompts)
+      go through `cpu_kernels.int4_matmul`, which quantizes them to int8 per group (as
+      llama.cpp does); more rows (a prefill) through torch's dense matmul of the dequantized
+      weight, there 1.1-2x faster than torch's int4 kernel (128 to 600 rows).
       fp16 holds GGUF's Q4_0 and Q4_1 scales and minima exactly.
     - torch's, elsewhere: `packed` as `_convert_weight_to_int4pack(_for_cpu)` lays it out and
       `scales_and_zeros` [K / GROUP, N, 2] in the compute dtype, w = (q - 8) * scale + zero.
