@@ -23,7 +23,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
 from torch import nn
 
-from cortex.neuron.models import cpu_kernels
+from cortex.neuron.models import cpu_kernels, quantized
 from cortex.neuron.models.architectures import build_model
 from cortex.neuron.models.dequant import BlockTensor, dequantize
 from cortex.neuron.models.loading import load_model, model_weight_bytes
@@ -199,6 +199,25 @@ def test_int4_rows_read_back_the_packed_weight(shape: tuple[int, int], dtype, la
     weight = layer(torch.eye(shape[1], dtype=dtype)).T.float()  # [N, K] as the kernel sees it
     ids = torch.tensor([0, shape[0] - 1, 5, 5, shape[0] // 2 + 3])
     assert torch.allclose(layer.rows(ids).float(), weight[ids], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["cortex"], indirect=True)
+def test_cortex_layout_serves_with_the_kernels_switched_off(
+    layout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prefill's matmul dequantizes the weight in slices (here of 16 rows: six), and a layer
+    loaded in cortex's layout still multiplies once the kernels are off (torch's ops
+    dequantize it): the same values as the C dequantization gives."""
+    layer = Int4Linear.quantize(torch.randn(96, 256), None, torch.bfloat16)
+    x = torch.randn(cpu_kernels.INT4_ROWS + 8, 256).bfloat16()
+    expected = layer(x)  # one slice
+    monkeypatch.setattr(quantized, "DEQUANTIZED_BYTES", 16 * 256 * 2)
+    torch.testing.assert_close(layer(x), expected)
+    expected = layer(x)
+    monkeypatch.setenv("CORTEX_CPU_KERNELS", "off")
+    cpu_kernels.reread_settings()
+    assert cpu_kernels.int4_dequantize(layer.packed, *layer.scales_and_mins, torch.bfloat16) is None
+    torch.testing.assert_close(layer(x), expected, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("layout", ["torch"], indirect=True)

@@ -38,8 +38,9 @@
  * products: the weight streams at the memory's speed over `threads` threads. Hosts without VNNI
  * build it as a stub that says UNSUPPORTED (cortex_kernels_ready tells which).
  *
- * cortex_int4_dequantize: the same weight as `type` values [n, k] (prefill multiplies it with
- * torch's dense matmul), w = q * scale + min in fp32, rounded once.
+ * cortex_int4_dequantize: rows of the same weight as `type` values [n, k] (a prefill multiplies
+ * them with torch's dense matmul), w = q * scale + min in fp32, rounded once; scales and mins
+ * [n, k / 32] each (rows of the layer's).
  *
  * cortex_decode_layer: a Llama-family decoder layer (llama.py's DecoderLayer) for one decode
  * step, in bf16: the kernels above and below, called in the order the layer's modules call
@@ -459,11 +460,10 @@ static inline __m512 load16_f16(const uint16_t *p, __mmask16 m) {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
 }
 
-int cortex_int4_dequantize(const uint8_t *packed, const uint16_t *scales, void *out, long n,
-                           int k, int type, int threads) {
+int cortex_int4_dequantize(const uint8_t *packed, const uint16_t *scales, const uint16_t *mins,
+                           void *out, long n, int k, int type, int threads) {
     if (k % GROUP != 0) return UNSUPPORTED;
     int groups = k / GROUP;
-    const uint16_t *mins = scales + n * groups;
     size_t elem = type == BF16 ? 2 : 4;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long r = 0; r < n; r++) {
@@ -727,8 +727,8 @@ int cortex_kernels_ready(void) { return 0; }
 
 int cortex_decode_layer(const void *L, const void *S, uint16_t *x) { return UNSUPPORTED; }
 
-int cortex_int4_dequantize(const uint8_t *packed, const uint16_t *scales, void *out, long n,
-                           int k, int type, int threads) {
+int cortex_int4_dequantize(const uint8_t *packed, const uint16_t *scales, const uint16_t *mins,
+                           void *out, long n, int k, int type, int threads) {
     return UNSUPPORTED;
 }
 

@@ -123,7 +123,7 @@ def _load(target: Path) -> ctypes.CDLL:
     lib.cortex_decode_layer.restype = _I
     lib.cortex_int4_matmul.argtypes = [_P, _L, _I, _P, _P, _P, _L, _I, _L, _I, _I]
     lib.cortex_int4_matmul.restype = _I
-    lib.cortex_int4_dequantize.argtypes = [_P, _P, _P, _L, _I, _I, _I]
+    lib.cortex_int4_dequantize.argtypes = [_P, _P, _P, _P, _L, _I, _I, _I]
     lib.cortex_int4_dequantize.restype = _I
     lib.cortex_paged_decode.argtypes = [_P, _L, _P, _P, _P, _P, _P] + [_I] * 8 + [_F, _F, _I]
     lib.cortex_paged_decode.restype = _I
@@ -416,23 +416,19 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales_and_mins: torch.Te
 
 
 def int4_dequantize(
-    packed: torch.Tensor, scales_and_mins: torch.Tensor, dtype: torch.dtype
+    packed: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor | None:
-    """The int4 weight of Int4Linear's CPU layout as `dtype` values [N, K], or None where the
+    """Rows of an int4 weight in Int4Linear's CPU layout (`packed` [N, K / 2], `scales` and
+    `mins` fp16 [N, K / 32], rows contiguous) as `dtype` values [N, K], or None where the
     kernels are off (the caller dequantizes with torch's ops)."""
     if dtype not in _TYPES or (lib := kernel()) is None:
         return None
     n, k = packed.shape[0], packed.shape[1] * 2
     out = torch.empty(n, k, dtype=dtype)
     status = lib.cortex_int4_dequantize(
-        packed.data_ptr(),
-        scales_and_mins.data_ptr(),
-        out.data_ptr(),
-        n,
-        k,
-        _TYPES[dtype],
-        torch.get_num_threads(),
-    )
+        packed.data_ptr(), scales.data_ptr(), mins.data_ptr(), out.data_ptr(), n, k,
+        _TYPES[dtype], torch.get_num_threads(),
+    )  # fmt: skip
     _check(status, "int4_dequantize")
     return out
 
