@@ -354,6 +354,10 @@ def _linear(parts: list[tuple[int, torch.Tensor, torch.Tensor]], bias: torch.Ten
     return struct
 
 
+# A decode step as the fused layers take it: the C struct, and the tensors it points into.
+FusedStep = tuple[_DecodeStep, tuple[torch.Tensor, ...]]
+
+
 def decode_step(
     layer: DecodeLayer,
     x: torch.Tensor,
@@ -362,7 +366,7 @@ def decode_step(
     slots: torch.Tensor,
     block_tables: torch.Tensor,
     context_lens: torch.Tensor,
-) -> tuple[_DecodeStep, tuple[torch.Tensor, ...]] | None:
+) -> FusedStep | None:
     """What the layers of one decode step share (x [B, hidden] the residual stream, cos and
     signed sin [B, 1, R]), and the tensors it points into (keep them while it runs); None
     where the step is not the kernels' (a batch over MAX_ROWS, or one `kernel_for` leaves on

@@ -284,7 +284,7 @@ class LlamaForCausalLM(nn.Module):
         local = self.local_rotary.cos_sin(positions, self.dtype) if self.local_rotary else rope
         x = self.embed(input_ids)  # [T, hidden]
         fused = self._fused_step(x, rope, attn)
-        if attn.is_decode and (fused is None or None in self.fused):
+        if attn.is_decode and (fused is None or any(f is None for f in self.fused)):
             # The block index and key masks, once for all the layers that run as modules.
             attn = with_decode_inputs(attn, self.kv_block_size, self.windows, self.dtype)
         for i, layer in enumerate(self.model.layers):
@@ -295,7 +295,9 @@ class LlamaForCausalLM(nn.Module):
             x = layer(x, cos, sin, attn)
         return self.model.norm(x)
 
-    def _fused_step(self, x: torch.Tensor, rope, attn: AttentionMetadata):
+    def _fused_step(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn: AttentionMetadata
+    ) -> cpu_kernels.FusedStep | None:
         """The C struct a decode step's fused layers share (and what it points into), or None
         where no layer is fused or the kernels do not take this step."""
         first = next((f for f in self.fused if f is not None), None)
