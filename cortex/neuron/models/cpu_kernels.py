@@ -347,7 +347,9 @@ def decode_layer(
     return DecodeLayer(struct, k_cache, tensors)
 
 
-def _linear(parts: list[tuple[int, torch.Tensor, torch.Tensor]], bias: torch.Tensor | None):
+def _linear(
+    parts: list[tuple[int, torch.Tensor, torch.Tensor]], bias: torch.Tensor | None
+) -> _Linear:
     struct = _Linear(len(parts), bias=bias.data_ptr() if bias is not None else None)
     for i, (bits, weight, scales) in enumerate(parts):
         struct.part[i] = _LinearPart(bits, weight.data_ptr(), scales.data_ptr(), weight.shape[0])
