@@ -181,7 +181,7 @@ def cache_dir() -> Path:
 
 
 def kernel_for(q: torch.Tensor, k_cache: torch.Tensor) -> ctypes.CDLL | None:
-    """The library when it takes this step (a dtype, head size and batch it serves faster),
+    """The library when it takes this step's attention (a dtype and head size it serves),
     else None."""
     return _attention(q.dtype, k_cache)
 
@@ -404,16 +404,20 @@ def _has_vnni(lib: ctypes.CDLL) -> bool:
     return bool(lib.cortex_kernels_ready() & 2)
 
 
-def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales_and_mins: torch.Tensor):
+def int4_matmul(
+    x: torch.Tensor, packed: torch.Tensor, scales_and_mins: torch.Tensor
+) -> torch.Tensor | None:
     """x [M, K] (fp32 or bf16, M <= INT4_ROWS) @ W.T -> [M, N] in x's dtype, W int4 in
     Int4Linear's CPU layout (`packed` [N, K / 2], `scales_and_mins` fp16 [2, N, K / 32]); x is
     quantized to int8 per group of 32 on the way. None where the kernel does not serve it."""
     rows, k = x.shape
-    if x.dtype not in _TYPES or rows > INT4_ROWS or x.stride(1) != 1 or not int4_ready():
+    if x.dtype not in _TYPES or rows > INT4_ROWS or x.stride(1) != 1:
+        return None
+    if (lib := kernel()) is None or not _has_vnni(lib):
         return None
     n = packed.shape[0]
     out = torch.empty(rows, n, dtype=x.dtype)
-    status = kernel().cortex_int4_matmul(  # type: ignore[union-attr]
+    status = lib.cortex_int4_matmul(
         x.data_ptr(), x.stride(0), _TYPES[x.dtype], packed.data_ptr(), scales_and_mins.data_ptr(),
         out.data_ptr(), n, rows, n, k, torch.get_num_threads(),
     )  # fmt: skip

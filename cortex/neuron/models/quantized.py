@@ -4,15 +4,16 @@ A quantized layer keeps its weight narrow on the device and multiplies it with t
 weight-only kernels (no extra dependency); its forward contract is nn.Linear's (or
 nn.Embedding's), so the decoder does not know it is there.
 
-- `Int4Linear`: asymmetric 4-bit groups of 32 along the input dim, `w = (q - 8) * scale + zero`,
-  scale and zero in the compute dtype: `_weight_int4pack_mm_for_cpu` on CPU, tinygemm's
-  `_weight_int4pack_mm` on CUDA (bf16 only). GGUF's Q4_0, Q4_1 and Q4_K blocks are such groups,
-  so they load without requantizing (up to the rounding of scale and zero to the dtype).
+- `Int4Linear`: asymmetric 4-bit groups of 32 along the input dim: cortex's own layout and C
+  kernels on a CPU with AVX512-VNNI, else torch's packing for `_weight_int4pack_mm_for_cpu` on
+  CPU and tinygemm's `_weight_int4pack_mm` on CUDA (bf16 only); see the class. GGUF's Q4_0, Q4_1
+  and Q4_K blocks are such groups, so they load without requantizing (up to the rounding of
+  scale and zero).
 - `Int8Linear`: int8 rows with one scale per output channel: on CPU the C kernel of
   cpu_kernels.py for a decode step's few bf16 rows (twice torch's speed on the lm_head), else
-  `_weight_int8pack_mm`; an int8 -> dtype cast inside the matmul elsewhere. Q8_0, Q5_* and Q6_K (no 5-, 6- or group-scaled
-  8-bit kernel exists in torch) are requantized to it from their exact values: the error is at
-  most half a step of the row's scale (max |w| / 254).
+  `_weight_int8pack_mm`; an int8 -> dtype cast inside the matmul elsewhere. Q8_0, Q5_* and
+  Q6_K (no 5-, 6- or group-scaled 8-bit kernel exists in torch) are requantized to it from
+  their exact values: the error is at most half a step of the row's scale (max |w| / 254).
 - `BlockEmbedding`: a GGUF embedding table kept in its ggml blocks; a lookup dequantizes only the
   rows it gathers, so it equals the dequantized table exactly.
 - `RowsOf`: a tied embedding whose table is the quantized lm_head's: lookups read the head's
@@ -94,11 +95,8 @@ class Int4Linear(nn.Module):
     @staticmethod
     def cortex_layout(device: torch.device, dtype: torch.dtype) -> bool:
         """Whether a layer on `device` computing in `dtype` is built in cortex's layout."""
-        return (
-            device.type == "cpu"
-            and dtype in (torch.bfloat16, torch.float32)
-            and (cpu_kernels.int4_ready())
-        )
+        cpu = device.type == "cpu" and dtype in (torch.bfloat16, torch.float32)
+        return cpu and cpu_kernels.int4_ready()
 
     @staticmethod
     def fits(shape: tuple[int, int], device: torch.device, dtype: torch.dtype) -> bool:
@@ -182,7 +180,7 @@ class Int4Linear(nn.Module):
         pos = (ids // block)[:, None] * (block * k) + where[ids % block]  # [T, K] nibble index
         q = (self.packed.view(-1)[pos // 2] >> (pos % 2 * 4)) & 15  # [T, K]
         scale, zero = self.scales_and_zeros[:, ids].float().repeat_interleave(GROUP, 0).unbind(-1)
-        return ((q - 8) * scale.T + zero.T).to(self.scales_and_zeros.dtype)  # [T, K]
+        return ((q - 8) * scale.T + zero.T).to(self.dtype)  # [T, K]
 
     def _cortex_rows(self, packed: torch.Tensor, scales_and_mins: torch.Tensor) -> torch.Tensor:
         """Rows of cortex's layout (packed [T, K / 2], scales_and_mins [2, T, K / GROUP]) as
@@ -196,7 +194,7 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cortex:
             return self._cortex_forward(x)
-        flat = x.reshape(-1, self.in_features).to(self.scales_and_zeros.dtype)  # [T, K]
+        flat = x.reshape(-1, self.in_features).to(self.dtype)  # [T, K]
         if flat.device.type == "cpu":
             mm = torch.ops.aten._weight_int4pack_mm_for_cpu
         else:
